@@ -1,0 +1,94 @@
+"""Static configuration of an exact-diagonalisation run.
+
+`EDConfig` holds every setting that fixes array shapes or host-side tables (grid, basis,
+orbitals) together with the material constants. It is frozen and hashable, so it can be a
+static argument of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from qdjax import units
+
+_DTYPES = ("float64", "float32")
+_DENSITY_MODES = ("rdm1", "diagonal")
+
+
+@dataclasses.dataclass(frozen=True)
+class EDConfig:
+    """Settings of the sine-basis exact diagonalisation.
+
+    Attributes:
+      length_nm: side L of the square box [0, L]^2 with hard walls, nm (paper: 30).
+      grid: pixels per side of potential and density images (paper: 64).
+      basis: sine functions per direction, basis^2 product functions (paper: 32).
+      orbitals: K, the number of lowest single-particle orbitals kept for the many-body
+        problem (paper: 8, i.e. 16 spin-orbitals).
+      m_eff: effective mass in units of the electron mass (GaAs: 0.067).
+      eps_r: relative permittivity (GaAs: 12.9); ``math.inf`` switches the Coulomb
+        interaction off.
+      density_mode: ``"rdm1"`` (default) builds the density from the full spin-summed
+        one-body density matrix; ``"diagonal"`` keeps only its diagonal, as eq. (9) of
+        Pantis-Simut et al. (2023).
+      degeneracy_tol: eV. Many-body states within this energy of the lowest one form the
+        ground manifold; energy and density are averaged over it.
+      dtype: ``"float64"`` (default) or ``"float32"`` for the ED arithmetic.
+    """
+
+    length_nm: float = 30.0
+    grid: int = 64
+    basis: int = 32
+    orbitals: int = 8
+    m_eff: float = units.GAAS_M_EFF
+    eps_r: float = units.GAAS_EPS_R
+    density_mode: str = "rdm1"
+    degeneracy_tol: float = 1e-6
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        for name in ("grid", "basis", "orbitals"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EDConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("length_nm", "m_eff"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"EDConfig.{name} must be a positive finite number, got {value!r}")
+        if not (isinstance(self.eps_r, (int, float)) and self.eps_r > 0 and not math.isnan(self.eps_r)):
+            raise ValueError(f"EDConfig.eps_r must be positive (math.inf for no interaction), got {self.eps_r!r}")
+        if self.orbitals > self.basis**2:
+            raise ValueError(
+                f"EDConfig.orbitals={self.orbitals} exceeds the number of basis functions "
+                f"basis**2={self.basis**2}"
+            )
+        if self.density_mode not in _DENSITY_MODES:
+            raise ValueError(f"EDConfig.density_mode must be one of {_DENSITY_MODES}, got {self.density_mode!r}")
+        if not (isinstance(self.degeneracy_tol, (int, float)) and self.degeneracy_tol >= 0):
+            raise ValueError(f"EDConfig.degeneracy_tol must be >= 0 eV, got {self.degeneracy_tol!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"EDConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+
+    @property
+    def pixel_nm(self) -> float:
+        """Pixel side h = L / grid in nm."""
+        return self.length_nm / self.grid
+
+    @property
+    def interacting(self) -> bool:
+        """False when eps_r is infinite (no Coulomb interaction)."""
+        return math.isfinite(self.eps_r)
+
+    @property
+    def kinetic_prefactor(self) -> float:
+        """hbar^2 / (2 m*) in eV nm^2."""
+        return units.kinetic_prefactor(self.m_eff)
+
+    def replace(self, **changes) -> "EDConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def non_interacting(self) -> "EDConfig":
+        """The same configuration with the Coulomb interaction switched off."""
+        return self.replace(eps_r=math.inf)
