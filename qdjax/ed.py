@@ -1,0 +1,195 @@
+"""Exact diagonalisation (configuration interaction) of N electrons in a 2D box.
+
+    H = sum_i [ -hbar^2/(2 m*) lap_i + V(r_i) ] + sum_{i<j} e^2 / (4 pi eps0 eps_r |r_i - r_j|)
+
+in the Fock space spanned by the lowest K single-particle orbitals (Pantis-Simut et al., Mach.
+Learn.: Sci. Technol. 4, 025023 (2023), section III.1):
+
+1. single-particle orbitals in the product sine basis (qdjax.single_particle);
+2. Coulomb tensor between them (qdjax.coulomb);
+3. many-body Hamiltonian over the determinants of the ((N+1)//2, N//2) sector (qdjax.fock);
+4. ground manifold: the many-body states within `config.degeneracy_tol` of the lowest; energy,
+   one-body density matrix and density are averaged over it, so the result does not depend on
+   which vectors an eigensolver returns;
+5. pixel-averaged density from the full spin-summed one-body density matrix
+   n = sum_pq gamma_pq psi_p psi_q (or its diagonal only, eq. (9) of the paper, with
+   `config.density_mode = "diagonal"`).
+
+Both public functions accept leading batch axes and work under jax.jit (with `n_electrons`
+and `config` static), jax.vmap and jax.grad with respect to V. They call an internally jitted
+implementation (one compilation per (shape, dtype, N, config)); inputs are validated before
+any tracing.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from qdjax import basis, coulomb, fock, linalg, single_particle
+from qdjax.config import EDConfig
+
+
+class GroundState(NamedTuple):
+    """Ground-state quantities; leading axes follow the batch axes of V.
+
+    energy: (...,) eV, total energy (averaged over the ground manifold).
+    density: (..., grid, grid) nm^-2, pixel-averaged, sum(density) h^2 = N.
+    rdm1: (..., K, K) spin-summed one-body density matrix in the orbital basis, trace N.
+    orbital_energies: (..., K) eV, lowest single-particle energies.
+    """
+
+    energy: jax.Array
+    density: jax.Array
+    rdm1: jax.Array
+    orbital_energies: jax.Array
+
+
+class Integrals(NamedTuple):
+    """One- and two-body integrals in the orbital basis.
+
+    h1: (..., K, K) eV, diagonal (the orbitals diagonalise H0).
+    eri: (..., K, K, K, K) eV, (pq|rs) in chemists' notation.
+    orbitals: single_particle.Orbitals (energies (..., K) eV, coefficients (..., basis^2, K)).
+    """
+
+    h1: jax.Array
+    eri: jax.Array
+    orbitals: single_particle.Orbitals
+
+
+def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
+    """Raise ValueError naming the problem if the inputs of an ED call are invalid.
+
+    Checks: config type; N an integer in 1..2 K (and K >= N_up); V real, of shape
+    (..., grid, grid) with non-empty batch axes, finite (when V is concrete); float64
+    requested while JAX's 64-bit mode is off.
+    """
+    if not isinstance(config, EDConfig):
+        raise ValueError(f"config must be a qdjax.EDConfig, got {type(config).__name__}")
+    if isinstance(n_electrons, bool) or not isinstance(n_electrons, (int, np.integer)):
+        raise ValueError(f"n_electrons must be a Python integer, got {n_electrons!r}")
+    if not 1 <= n_electrons <= 2 * config.orbitals:
+        raise ValueError(
+            f"n_electrons must be in 1..{2 * config.orbitals} (2 x orbitals={config.orbitals}), got {n_electrons}"
+        )
+    shape = np.shape(V)
+    if len(shape) < 2 or shape[-2:] != (config.grid, config.grid):
+        raise ValueError(
+            f"V must have shape (..., {config.grid}, {config.grid}) for grid={config.grid}, got {shape}"
+        )
+    if 0 in shape:
+        raise ValueError(f"V has an empty batch axis: shape {shape}")
+    dtype = np.result_type(V) if not hasattr(V, "dtype") else np.dtype(V.dtype)
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ValueError(f"V must be real (float or integer) in eV, got dtype {dtype}")
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "EDConfig(dtype='float64') needs JAX's 64-bit mode, which is off: call "
+            "jax.config.update('jax_enable_x64', True) or use EDConfig(dtype='float32')"
+        )
+    if not isinstance(V, jax.core.Tracer):
+        if not np.all(np.isfinite(np.asarray(V))):
+            raise ValueError("V contains NaN or infinite values")
+
+
+def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:
+    """Single-particle orbitals and the one- and two-body integrals between them.
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      config: static settings.
+
+    Returns:
+      Integrals (h1 = diag(orbital energies), eri, orbitals); not jitted internally.
+    """
+    V = jnp.asarray(V, dtype=config.dtype)
+    orbitals = single_particle.solve(V, config)
+    h1 = jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(orbitals.energies)
+    eri = coulomb.coulomb_tensor(basis.on_grid(orbitals.coefficients, config), config)
+    return Integrals(h1, eri, orbitals)
+
+
+def _ground_manifold(w: jax.Array, tol: float) -> jax.Array:
+    """Weights (..., D): 1/m on the m states within tol of the lowest, 0 elsewhere."""
+    inside = (w - w[..., :1]) <= tol
+    return inside / jnp.sum(inside, axis=-1, keepdims=True)
+
+
+def density_from_rdm1(rdm1: ArrayLike, coefficients: ArrayLike, config: EDConfig) -> jax.Array:
+    """Pixel-averaged density of a one-body density matrix in the orbital basis.
+
+    n = sum_pq gamma_pq psi_p psi_q averaged over each pixel (qdjax.basis.pixel_average);
+    with config.density_mode == "diagonal" only gamma_pp enters (paper eq. (9)).
+
+    Args:
+      rdm1: array (..., K, K), spin-summed.
+      coefficients: array (..., basis**2, K), orbitals in the sine basis.
+      config: static settings.
+
+    Returns:
+      array (..., grid, grid), nm^-2.
+    """
+    gamma = jnp.asarray(rdm1)
+    if config.density_mode == "diagonal":
+        gamma = jnp.vectorize(lambda g: jnp.diag(jnp.diag(g)), signature="(k,k)->(k,k)")(gamma)
+    g = jnp.einsum("...ap,...pq,...bq->...ab", coefficients, gamma, coefficients)
+    return basis.pixel_average(g, config)
+
+
+def _ground_state_single(V: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
+    ints = integrals(V, config)
+    space = fock.fock_space(config.orbitals, n_electrons)
+    h = fock.hamiltonian(space, ints.h1, ints.eri)
+    w, c = linalg.eigh_lowest(h, space.dimension, config.degeneracy_tol)
+    weights = jax.lax.stop_gradient(_ground_manifold(w, config.degeneracy_tol))
+    gamma = fock.rdm1(space, c, weights)
+    density = density_from_rdm1(gamma, ints.orbitals.coefficients, config)
+    return GroundState(jnp.sum(weights * w), density, gamma, ints.orbitals.energies)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _ground_state_batched(V: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
+    batch = V.shape[:-2]
+    flat = V.reshape((-1,) + V.shape[-2:])
+    out = jax.vmap(lambda v: _ground_state_single(v, n_electrons, config))(flat)
+    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+
+def ground_state(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> GroundState:
+    """Ground state of `n_electrons` interacting electrons in the potential V.
+
+    Args:
+      V: float array (..., grid, grid), eV, V[i, j] = V(x_i, y_j) on pixel (i, j) (x first);
+        leading axes are a batch.
+      n_electrons: N, 1 <= N <= 2 * config.orbitals (static under jit).
+      config: EDConfig (static under jit).
+
+    Returns:
+      GroundState: energy (...,) eV; density (..., grid, grid) nm^-2; rdm1 (..., K, K);
+      orbital_energies (..., K) eV.
+
+    Raises:
+      ValueError: invalid shape, non-finite V, N out of range, non-real dtype, empty batch.
+    """
+    validate(V, n_electrons, config)
+    return _ground_state_batched(jnp.asarray(V, dtype=config.dtype), int(n_electrons), config)
+
+
+def ground_density(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> jax.Array:
+    """Pixel-averaged ground-state density, ``ground_state(V, n_electrons, config).density``.
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      n_electrons: N (static under jit).
+      config: EDConfig (static under jit).
+
+    Returns:
+      array (..., grid, grid), nm^-2; sum over a map times h^2 equals N.
+    """
+    return ground_state(V, n_electrons, config).density

@@ -1,0 +1,171 @@
+"""Fock space of Slater determinants and the many-body Hamiltonian in it.
+
+Determinants of the sector (N_up, N_down) = ((N + 1) // 2, N // 2) over K spatial orbitals,
+|I_up I_down> = (prod_{p in I_up} a+_{p up}) (prod_{p in I_down} a+_{p down}) |0>, strings in
+lexicographic order, the full index being I_up * n_down_strings + I_down. This sector holds a
+component of every spin multiplet with S >= S_z = (N mod 2) / 2, so it always contains the
+global ground state.
+
+The Hamiltonian is written with the spin-summed excitation operators E_pq = E^up_pq + E^down_pq,
+
+    H = sum_pq k_pq E_pq + 1/2 sum_pqrs (pq|rs) E_pq E_rs,    k_pq = h_pq - 1/2 sum_r (pr|rq),
+
+so that with E^sigma_pq tables built once on the host per (K, N) (Slater-Condon rules: the
+sign of a+_p a_q on a string is (-1) to the number of occupied orbitals it passes) the matrix
+
+    H = H_up (x) 1 + 1 (x) H_down + sum_{pq, rs} (pq|rs) E^up_pq (x) E^down_rs,
+    H_sigma = sum_pq k_pq E^sigma_pq + 1/2 sum_pqrs (pq|rs) E^sigma_pq E^sigma_rs,
+
+is assembled in traced, differentiable code from the integrals h (K, K) and (pq|rs).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+
+class FockSpace(NamedTuple):
+    """Host-side tables of one (K, N) sector.
+
+    orbitals: K.  n_up, n_down: electrons per spin.
+    strings_up: int array (n_up_strings, n_up), occupied orbitals of each up string.
+    strings_down: int array (n_down_strings, n_down).
+    e_up: float64 array (K*K, n_up_strings, n_up_strings), <I| a+_p a_q |J> at [p*K + q, I, J].
+    e_down: float64 array (K*K, n_down_strings, n_down_strings).
+    """
+
+    orbitals: int
+    n_up: int
+    n_down: int
+    strings_up: np.ndarray
+    strings_down: np.ndarray
+    e_up: np.ndarray
+    e_down: np.ndarray
+
+    @property
+    def dimension(self) -> int:
+        """Number of determinants, C(K, n_up) * C(K, n_down)."""
+        return len(self.strings_up) * len(self.strings_down)
+
+
+def spin_sector(n_electrons: int) -> tuple[int, int]:
+    """(N_up, N_down) = ((N + 1) // 2, N // 2)."""
+    return (n_electrons + 1) // 2, n_electrons // 2
+
+
+def sector_dimension(orbitals: int, n_electrons: int) -> int:
+    """Number of determinants of the sector, C(K, N_up) * C(K, N_down)."""
+    n_up, n_down = spin_sector(n_electrons)
+    return math.comb(orbitals, n_up) * math.comb(orbitals, n_down)
+
+
+def _excitation_table(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    strings = list(itertools.combinations(range(orbitals), n))
+    masks = {sum(1 << p for p in s): i for i, s in enumerate(strings)}
+    table = np.zeros((orbitals * orbitals, len(strings), len(strings)))
+    for j, occ in enumerate(strings):
+        mask = sum(1 << p for p in occ)
+        for q in occ:
+            removed = mask & ~(1 << q)
+            sign_q = (-1) ** bin(mask & ((1 << q) - 1)).count("1")
+            for p in range(orbitals):
+                if removed & (1 << p):
+                    continue
+                sign_p = (-1) ** bin(removed & ((1 << p) - 1)).count("1")
+                i = masks[removed | (1 << p)]
+                table[p * orbitals + q, i, j] = sign_p * sign_q
+    return np.array(strings, dtype=np.int32).reshape(len(strings), n), table
+
+
+@functools.lru_cache(maxsize=32)
+def fock_space(orbitals: int, n_electrons: int) -> FockSpace:
+    """Slater-Condon tables of the ((N + 1) // 2, N // 2) sector, built once per (K, N).
+
+    Args:
+      orbitals: K >= 1 spatial orbitals.
+      n_electrons: 1 <= N <= 2 K.
+
+    Returns:
+      FockSpace (host NumPy arrays, read-only).
+    """
+    if not 1 <= n_electrons <= 2 * orbitals:
+        raise ValueError(f"n_electrons must be in 1..{2 * orbitals} for {orbitals} orbitals, got {n_electrons}")
+    n_up, n_down = spin_sector(n_electrons)
+    strings_up, e_up = _excitation_table(orbitals, n_up)
+    strings_down, e_down = _excitation_table(orbitals, n_down)
+    for a in (strings_up, e_up, strings_down, e_down):
+        a.flags.writeable = False
+    return FockSpace(orbitals, n_up, n_down, strings_up, strings_down, e_up, e_down)
+
+
+def _same_spin_block(e: jax.Array, k_flat: jax.Array, eri_flat: jax.Array) -> jax.Array:
+    one_body = jnp.einsum("...x,xab->...ab", k_flat, e)
+    m = jnp.einsum("...xy,yab->...xab", eri_flat, e)  # sum_rs (pq|rs) E_rs for each pq
+    return one_body + 0.5 * jnp.einsum("xab,...xbc->...ac", e, m)
+
+
+def hamiltonian(space: FockSpace, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
+    """Dense many-body Hamiltonian of the sector.
+
+    Args:
+      space: tables from `fock_space`.
+      h1: array (..., K, K), eV, one-body integrals in the orbital basis.
+      eri: array (..., K, K, K, K), eV, (pq|rs) in chemists' notation.
+
+    Returns:
+      array (..., D, D), eV, D = space.dimension.
+    """
+    h1 = jnp.asarray(h1)
+    eri = jnp.asarray(eri)
+    k = space.orbitals
+    e_up = jnp.asarray(space.e_up, dtype=h1.dtype)
+    e_down = jnp.asarray(space.e_down, dtype=h1.dtype)
+    n_up, n_down = e_up.shape[-1], e_down.shape[-1]
+    k_mat = h1 - 0.5 * jnp.einsum("...prrq->...pq", eri)
+    k_flat = k_mat.reshape(k_mat.shape[:-2] + (k * k,))
+    eri_flat = eri.reshape(eri.shape[:-4] + (k * k, k * k))
+    h_up = _same_spin_block(e_up, k_flat, eri_flat)
+    h_down = _same_spin_block(e_down, k_flat, eri_flat)
+    cross = jnp.einsum("xab,...xy,ycd->...acbd", e_up, eri_flat, e_down)
+    eye_up = jnp.eye(n_up, dtype=h1.dtype)
+    eye_down = jnp.eye(n_down, dtype=h1.dtype)
+    full = (
+        jnp.einsum("...ab,cd->...acbd", h_up, eye_down)
+        + jnp.einsum("ab,...cd->...acbd", eye_up, h_down)
+        + cross
+    )
+    d = n_up * n_down
+    return full.reshape(full.shape[:-4] + (d, d))
+
+
+def rdm1(space: FockSpace, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
+    """Spin-summed one-body density matrix of a mixture of states.
+
+    gamma_pq = sum_s w_s <c_s| E_pq |c_s>.
+
+    Args:
+      space: tables from `fock_space`.
+      vectors: array (..., D, S), states as columns.
+      weights: array (..., S), mixture weights (sum to 1 for a normalised density matrix).
+
+    Returns:
+      array (..., K, K), symmetric, trace = N * sum(weights).
+    """
+    vectors = jnp.asarray(vectors)
+    k = space.orbitals
+    n_up, n_down = len(space.strings_up), len(space.strings_down)
+    c = vectors.reshape(vectors.shape[:-2] + (n_up, n_down, vectors.shape[-1]))
+    m_up = jnp.einsum("...s,...ibs,...jbs->...ij", weights, c, c)
+    m_down = jnp.einsum("...s,...ais,...ajs->...ij", weights, c, c)
+    e_up = jnp.asarray(space.e_up, dtype=vectors.dtype)
+    e_down = jnp.asarray(space.e_down, dtype=vectors.dtype)
+    gamma = jnp.einsum("xij,...ij->...x", e_up, m_up) + jnp.einsum("xij,...ij->...x", e_down, m_down)
+    return gamma.reshape(gamma.shape[:-1] + (k, k))
