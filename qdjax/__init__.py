@@ -12,7 +12,8 @@ jax.config.update("jax_enable_x64", True)
 
 from qdjax import units  # noqa: E402
 from qdjax.config import EDConfig  # noqa: E402
+from qdjax import ed, metrics, potentials  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["EDConfig", "units", "__version__"]
+__all__ = ["EDConfig", "ed", "metrics", "potentials", "units", "__version__"]

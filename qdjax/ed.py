@@ -53,7 +53,7 @@ class GroundState(NamedTuple):
 class Integrals(NamedTuple):
     """One- and two-body integrals in the orbital basis.
 
-    h1: (..., K, K) eV, diagonal (the orbitals diagonalise H0).
+    h1: (..., K, K) eV, U^T H0 U, diagonal up to rounding (the orbitals diagonalise H0).
     eri: (..., K, K, K, K) eV, (pq|rs) in chemists' notation.
     orbitals: single_particle.Orbitals (energies (..., K) eV, coefficients (..., basis^2, K)).
     """
@@ -106,18 +106,23 @@ def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:
       config: static settings.
 
     Returns:
-      Integrals (h1 = diag(orbital energies), eri, orbitals); not jitted internally.
+      Integrals (h1 = U^T H0 U = diag(orbital energies), eri, orbitals); not jitted internally.
     """
     V = jnp.asarray(V, dtype=config.dtype)
-    orbitals = single_particle.solve(V, config)
-    h1 = jnp.vectorize(jnp.diag, signature="(k)->(k,k)")(orbitals.energies)
+    h0 = single_particle.hamiltonian(V, config)
+    orbitals = single_particle.diagonalize(h0, config)
+    # U^T H0 U equals diag(orbital energies), but unlike diag(energies) its derivative keeps
+    # the coupling inside degenerate levels that the eigenvector derivative leaves out.
+    c = orbitals.coefficients
+    h1 = jnp.einsum("...ap,...ab,...bq->...pq", c, h0, c)
+    h1 = 0.5 * (h1 + jnp.swapaxes(h1, -1, -2))
     eri = coulomb.coulomb_tensor(basis.on_grid(orbitals.coefficients, config), config)
     return Integrals(h1, eri, orbitals)
 
 
 def _ground_manifold(w: jax.Array, tol: float) -> jax.Array:
     """Weights (..., D): 1/m on the m states within tol of the lowest, 0 elsewhere."""
-    inside = (w - w[..., :1]) <= tol
+    inside = ((w - w[..., :1]) <= tol).astype(w.dtype)
     return inside / jnp.sum(inside, axis=-1, keepdims=True)
 
 

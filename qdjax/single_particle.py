@@ -62,7 +62,18 @@ def solve(V: ArrayLike, config: EDConfig) -> Orbitals:
     Returns:
       Orbitals with energies (..., K) in eV and coefficients (..., basis**2, K).
     """
-    energies, coefficients = linalg.eigh_lowest(
-        hamiltonian(V, config), config.orbitals, DEGENERACY_TOL_EV
-    )
+    return diagonalize(hamiltonian(V, config), config)
+
+
+def diagonalize(h0: ArrayLike, config: EDConfig) -> Orbitals:
+    """Lowest `config.orbitals` eigenpairs of a single-particle Hamiltonian matrix.
+
+    Args:
+      h0: array (..., basis**2, basis**2), eV, from `hamiltonian`.
+      config: static settings.
+
+    Returns:
+      Orbitals with energies (..., K) in eV and coefficients (..., basis**2, K).
+    """
+    energies, coefficients = linalg.eigh_lowest(h0, config.orbitals, DEGENERACY_TOL_EV)
     return Orbitals(energies, coefficients)

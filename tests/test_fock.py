@@ -1,0 +1,107 @@
+"""Fock-space tables and the many-body Hamiltonian against independent references."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from pyscf import fci
+
+from qdjax import fock
+from conftest import random_symmetric
+
+
+def random_integrals(k, seed):
+    """Random h1 (K, K) and eri (K, K, K, K) with the 8-fold symmetry, eri positive-ish."""
+    rng = np.random.default_rng(seed)
+    h1 = random_symmetric(k, seed)
+    p, q = np.triu_indices(k)
+    b = rng.normal(size=(len(p), len(p)))
+    pair = b @ b.T / len(p)
+    index = np.zeros((k, k), dtype=int)
+    index[p, q] = index[q, p] = np.arange(len(p))
+    return h1, pair[index[:, :, None, None], index[None, None, :, :]]
+
+
+def jordan_wigner_hamiltonian(h1, eri):
+    """Full Fock-space Hamiltonian from Jordan-Wigner matrices, spin-orbital 2p + s."""
+    k = h1.shape[0]
+    n_so = 2 * k
+    z = np.diag([1.0, -1.0])
+    lower = np.array([[0.0, 1.0], [0.0, 0.0]])  # annihilates the occupied state |1> -> |0>
+    def annihilator(j):
+        ops = [z] * j + [lower] + [np.eye(2)] * (n_so - j - 1)
+        out = ops[0]
+        for o in ops[1:]:
+            out = np.kron(out, o)
+        return out
+    a = [annihilator(j) for j in range(n_so)]
+    so = lambda p, s: 2 * p + s
+    dim = 2**n_so
+    h = np.zeros((dim, dim))
+    for p, q in itertools.product(range(k), repeat=2):
+        for s in (0, 1):
+            h += h1[p, q] * a[so(p, s)].T @ a[so(q, s)]
+    for p, q, r, t in itertools.product(range(k), repeat=4):
+        if eri[p, q, r, t] == 0:
+            continue
+        for s1 in (0, 1):
+            for s2 in (0, 1):
+                h += 0.5 * eri[p, q, r, t] * a[so(p, s1)].T @ a[so(r, s2)].T @ a[so(t, s2)] @ a[so(q, s1)]
+    number = sum(a[j].T @ a[j] for j in range(n_so))
+    sz = sum(0.5 * (a[so(p, 0)].T @ a[so(p, 0)] - a[so(p, 1)].T @ a[so(p, 1)]) for p in range(k))
+    return h, np.diag(number), np.diag(sz)
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (2, 2), (3, 1), (3, 2), (3, 3), (3, 4), (4, 3)])
+def test_dimension_and_strings(k, n):
+    # Counting: C(K, N_up) C(K, N_down) with (N_up, N_down) = ((N + 1) // 2, N // 2).
+    space = fock.fock_space(k, n)
+    assert space.dimension == math.comb(k, (n + 1) // 2) * math.comb(k, n // 2)
+    assert len({tuple(s) for s in space.strings_up}) == len(space.strings_up)
+
+
+@pytest.mark.parametrize("k, n", [(3, 1), (3, 2), (3, 3), (3, 4)])
+def test_spectrum_matches_jordan_wigner(k, n):
+    # Reference: brute-force second quantisation (Jordan-Wigner matrices of a_p,sigma over the
+    # whole 2^(2K) Fock space), restricted to particle number N and S_z = (N mod 2) / 2.
+    h1, eri = random_integrals(k, seed=10 * k + n)
+    big, number, sz = jordan_wigner_hamiltonian(h1, eri)
+    keep = (number == n) & np.isclose(sz, 0.5 * (n % 2))
+    ref = np.linalg.eigvalsh(big[np.ix_(keep, keep)])
+    ours = np.linalg.eigvalsh(np.asarray(fock.hamiltonian(fock.fock_space(k, n), h1, eri)))
+    np.testing.assert_allclose(ours, ref, atol=1e-11)
+
+
+@pytest.mark.parametrize("k, n", [(4, 2), (5, 3), (5, 4), (6, 4)])
+def test_energy_and_rdm1_match_pyscf(k, n):
+    # Reference: PySCF FCI (direct_spin1) on the same integrals, solved exactly in its P-space.
+    h1, eri = random_integrals(k, seed=k + 7 * n)
+    space = fock.fock_space(k, n)
+    h = np.asarray(fock.hamiltonian(space, h1, eri))
+    np.testing.assert_allclose(h, h.T, atol=1e-13)
+    w, c = np.linalg.eigh(h)
+    gamma = np.asarray(fock.rdm1(space, c[:, :1], np.ones(1)))
+    solver = fci.direct_spin1.FCI()
+    solver.pspace_size = space.dimension + 1
+    solver.conv_tol = 1e-14
+    nelec = fock.spin_sector(n)
+    e_ref, civec = solver.kernel(h1, eri, k, nelec)
+    assert w[0] == pytest.approx(e_ref, abs=1e-10)
+    np.testing.assert_allclose(gamma, solver.make_rdm1(civec, k, nelec), atol=1e-9)
+    assert np.trace(gamma) == pytest.approx(n, abs=1e-12)
+
+
+def test_rdm1_of_mixture_is_weighted_sum():
+    # Linearity: the 1-RDM of a mixture is the weighted sum of the states' 1-RDMs.
+    space = fock.fock_space(4, 3)
+    c = np.linalg.qr(np.random.default_rng(3).normal(size=(space.dimension, 3)))[0]
+    w = np.array([0.2, 0.5, 0.3])
+    mixed = fock.rdm1(space, c, w)
+    parts = sum(wi * fock.rdm1(space, c[:, i : i + 1], np.ones(1)) for i, wi in enumerate(w))
+    np.testing.assert_allclose(mixed, parts, atol=1e-13)
+
+
+def test_out_of_range_electrons():
+    with pytest.raises(ValueError, match="n_electrons"):
+        fock.fock_space(3, 7)
