@@ -147,10 +147,9 @@ def density_from_rdm1(rdm1: ArrayLike, coefficients: ArrayLike, config: EDConfig
     return basis.pixel_average(g, config)
 
 
-def _ground_state_single(V: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
-    ints = integrals(V, config)
+def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
     space = fock.fock_space(config.orbitals, n_electrons)
-    h = fock.hamiltonian(space, ints.h1, ints.eri)
+    h = fock.hamiltonian(space, ints.h1, eri)
     w, c = linalg.eigh_lowest(h, space.dimension, config.degeneracy_tol)
     weights = jax.lax.stop_gradient(_ground_manifold(w, config.degeneracy_tol))
     gamma = fock.rdm1(space, c, weights)
@@ -158,12 +157,62 @@ def _ground_state_single(V: jax.Array, n_electrons: int, config: EDConfig) -> Gr
     return GroundState(jnp.sum(weights * w), density, gamma, ints.orbitals.energies)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _ground_state_batched(V: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
+def _ground_states_single(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
+    ints = integrals(V, config)
+    interacting = tuple(_many_body(ints, ints.eri, n, config) for n in n_electrons)
+    if not with_non_interacting:
+        return GroundStates(interacting, None)
+    zeros = jnp.zeros_like(ints.eri)
+    return GroundStates(interacting, tuple(_many_body(ints, zeros, n, config) for n in n_electrons))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
-    out = jax.vmap(lambda v: _ground_state_single(v, n_electrons, config))(flat)
+    out = jax.vmap(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting))(flat)
     return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+
+class GroundStates(NamedTuple):
+    """Ground states for several electron numbers in the same potentials.
+
+    interacting: tuple of GroundState, one per requested N, with the Coulomb interaction of
+      the configuration.
+    non_interacting: the same without interaction (eps_r = inf), or None when not requested.
+    """
+
+    interacting: tuple
+    non_interacting: tuple | None
+
+
+def ground_states(
+    V: ArrayLike,
+    n_electrons,
+    config: EDConfig = EDConfig(),
+    with_non_interacting: bool = False,
+) -> GroundStates:
+    """Ground states for several N, sharing one single-particle solve and Coulomb tensor.
+
+    Equal to calling `ground_state` for each N (and with ``config.non_interacting()``), at the
+    cost of one single-particle diagonalisation per potential.
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      n_electrons: sequence of N values (static under jit).
+      config: EDConfig (static under jit).
+      with_non_interacting: also return the non-interacting ground states.
+
+    Returns:
+      GroundStates; each GroundState has the shapes documented in `ground_state`.
+    """
+    ns = tuple(n_electrons) if np.ndim(n_electrons) else (n_electrons,)
+    if not ns:
+        raise ValueError("n_electrons is empty")
+    for n in ns:
+        validate(V, n, config)
+    ns = tuple(int(n) for n in ns)
+    return _ground_states_batched(jnp.asarray(V, dtype=config.dtype), ns, config, bool(with_non_interacting))
 
 
 def ground_state(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> GroundState:
@@ -183,7 +232,8 @@ def ground_state(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) 
       ValueError: invalid shape, non-finite V, N out of range, non-real dtype, empty batch.
     """
     validate(V, n_electrons, config)
-    return _ground_state_batched(jnp.asarray(V, dtype=config.dtype), int(n_electrons), config)
+    ns = (int(n_electrons),)
+    return _ground_states_batched(jnp.asarray(V, dtype=config.dtype), ns, config, False).interacting[0]
 
 
 def ground_density(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> jax.Array:

@@ -151,3 +151,13 @@ def test_two_electrons_in_harmonic_trap_approach_exact_energy():
     assert all(a > b for a, b in zip(energies, energies[1:]))
     assert energies[-1] > exact
     assert energies[-1] - exact < 1e-3
+
+
+def test_ground_states_equal_separate_calls(config, random_V):
+    # The shared-integral path gives the same numbers as separate ground_state calls.
+    both = ed.ground_states(random_V[:2], (1, 3), config, with_non_interacting=True)
+    for i, n in enumerate((1, 3)):
+        for states, cfg in ((both.interacting, config), (both.non_interacting, config.non_interacting())):
+            ref = ed.ground_state(random_V[:2], n, cfg)
+            np.testing.assert_allclose(states[i].energy, ref.energy, rtol=1e-12)
+            np.testing.assert_allclose(states[i].density, ref.density, rtol=1e-9, atol=1e-12)
