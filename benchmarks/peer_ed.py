@@ -26,6 +26,8 @@ Units: energies eV, lengths nm, densities nm^-2. Constants: CODATA 2018.
 Command line:
     python benchmarks/peer_ed.py --n-electrons 2 --seed 0
 prints the ground-state energy and the wall time of each stage for a random test potential.
+BLAS (eigh) and PySCF (FCI) use OpenMP threads; on a busy machine
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 gives much steadier (and there, faster) timings.
 """
 
 from __future__ import annotations
