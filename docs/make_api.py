@@ -1,0 +1,93 @@
+"""Write docs/api.md from the docstrings of qdjax's public modules.
+
+Run: python docs/make_api.py            (writes docs/api.md)
+     python docs/make_api.py --check    (exit 1 if docs/api.md is out of date)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import pathlib
+import sys
+
+MODULES = [
+    "qdjax.config",
+    "qdjax.units",
+    "qdjax.potentials",
+    "qdjax.basis",
+    "qdjax.single_particle",
+    "qdjax.coulomb",
+    "qdjax.fock",
+    "qdjax.linalg",
+    "qdjax.ed",
+    "qdjax.data",
+    "qdjax.metrics",
+    "qdjax.inverse",
+    "qdjax.ml.scaling",
+    "qdjax.ml.models",
+    "qdjax.ml.train",
+    "qdjax.ml.checkpoint",
+    "qdjax.ml.evaluate",
+]
+
+HEADER = """# API reference
+
+Generated from the docstrings by `python docs/make_api.py`; do not edit by hand.
+Units: energies and potentials in eV, lengths in nm, densities in nm^-2.
+"""
+
+
+def public_members(module):
+    """(name, object) of the functions and classes defined in `module`, in source order."""
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    members = []
+    for name in names:
+        obj = getattr(module, name)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) == module.__name__:
+            members.append((name, obj))
+    members.sort(key=lambda m: inspect.getsourcelines(m[1])[1])
+    return members
+
+
+def signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def render() -> str:
+    parts = [HEADER]
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        parts.append(f"\n## `{name}`\n\n{inspect.cleandoc(module.__doc__ or '')}\n")
+        for member, obj in public_members(module):
+            kind = "class" if inspect.isclass(obj) else "def"
+            doc = inspect.cleandoc(obj.__doc__ or "(undocumented)")
+            parts.append(f"\n### `{kind} {member}{signature(obj)}`\n\n```text\n{doc}\n```\n")
+    return "".join(parts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    target = pathlib.Path(__file__).with_name("api.md")
+    text = render()
+    if args.check:
+        if not target.exists() or target.read_text() != text:
+            print("docs/api.md is out of date: run python docs/make_api.py", file=sys.stderr)
+            return 1
+        return 0
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

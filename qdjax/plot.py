@@ -1,0 +1,132 @@
+"""Figures of potentials and densities (matplotlib, written to files; no screen needed).
+
+Images are shown with x along the horizontal axis and y upwards (imshow of the transposed
+array with origin="lower"), in nm, so that a map V[i, j] = V(x_i, y_j) looks like the box.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def show_map(ax, image: np.ndarray, length_nm: float, title: str, unit: str, cmap: str = "viridis"):
+    """Draw one (grid, grid) map on `ax` with axes in nm and a colour bar in `unit`."""
+    extent = (0.0, length_nm, 0.0, length_nm)
+    im = ax.imshow(np.asarray(image).T, origin="lower", extent=extent, cmap=cmap)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x (nm)", fontsize=8)
+    ax.set_ylabel("y (nm)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(unit, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def potential_and_densities(
+    V: np.ndarray,
+    densities: Mapping[str, np.ndarray],
+    length_nm: float,
+    path: str | pathlib.Path,
+    title: str | None = None,
+) -> pathlib.Path:
+    """One row: the potential (eV) and any number of densities (nm^-2), saved as PNG.
+
+    Args:
+      V: (grid, grid) potential, eV.
+      densities: label -> (grid, grid) density, nm^-2 (e.g. {"n_int, N=2": ...}).
+      length_nm: box side L, nm.
+      path: output file (.png); parent folders are created.
+      title: optional figure title.
+
+    Returns:
+      The path written.
+    """
+    plt = _pyplot()
+    panels = 1 + len(densities)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
+    show_map(axes[0, 0], V, length_nm, "potential V", "eV", cmap="cividis")
+    for ax, (label, n) in zip(axes[0, 1:], densities.items()):
+        show_map(ax, n, length_nm, label, "nm$^{-2}$")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(
+    rows: Sequence[Sequence[tuple[str, np.ndarray, str]]],
+    length_nm: float,
+    path: str | pathlib.Path,
+    title: str | None = None,
+) -> pathlib.Path:
+    """A grid of maps: rows of (label, (grid, grid) image, unit) triples, saved as PNG.
+
+    Used for the mapping grid (paper Fig. 3), error maps (Figs. A.1, A.2), densities for
+    N = 1..4 (Fig. 9) and the inverse problem (Fig. 10).
+    """
+    plt = _pyplot()
+    n_rows = len(rows)
+    n_cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.9 * n_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            label, image, unit = row[c]
+            cmap = "cividis" if unit == "eV" else ("magma" if label.startswith("|") else "viridis")
+            show_map(ax, image, length_nm, label, unit, cmap=cmap)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    path: str | pathlib.Path,
+    title: str | None = None,
+    logy: bool = False,
+) -> pathlib.Path:
+    """Line plot of label -> (x, y) series, saved as PNG (losses, R^2 or SSIM vs step)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for label, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y), label=label, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
