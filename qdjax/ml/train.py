@@ -1,0 +1,657 @@
+"""Training of the pix2pix networks: losses, augmentation, the pure training step, `fit`.
+
+Losses (Pantis-Simut et al. 2023, eqs. 11-13 and Table I), with D the discriminator's
+logits on the (input a, target b) pair, S the sigmoid and G(a) the generated image:
+
+    L_G = -E[log S(D(a, G(a)))] + lambda * E|b - G(a)|               (eq. 12 + L1 term)
+    L_D = -E[log S(D(a, b))] - E[log(1 - S(D(a, G(a))))]              (eq. 13)
+
+E averages over the batch and over the discriminator's patch logits (L1: over pixels).
+The log-sigmoids are evaluated stably with `optax.sigmoid_binary_cross_entropy`. Both
+networks are updated with Adam from gradients taken at the same parameters (simultaneous
+update, as in the pix2pix reference implementations).
+
+The training state is a pytree (`TrainState`) of plain dicts of float32 arrays and Optax
+states; `make_train_step` returns a pure, jitted ``train_step(state, batch, key)``. Images
+enter as (B, S, S, C) arrays in [-1, 1] (`qdjax.ml.scaling`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.typing import ArrayLike
+
+from qdjax.ml.models import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    PatchDiscriminator,
+    Pix2PixConfig,
+    UNetGenerator,
+)
+
+__all__ = [
+    "TrainState",
+    "FitResult",
+    "METRIC_NAMES",
+    "init_state",
+    "generator_from_state",
+    "discriminator_from_state",
+    "generator_loss",
+    "discriminator_loss",
+    "d4_transform",
+    "d4_inverse",
+    "augment",
+    "make_train_step",
+    "predict",
+    "batch_indices",
+    "fit",
+]
+
+_F32 = jnp.float32
+
+#: Per-step metrics returned by the training step (all float32 scalars).
+METRIC_NAMES = ("g_loss", "g_gan", "g_l1", "d_loss", "d_real", "d_fake")
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes, as a pytree.
+
+    Attributes:
+      step: int32 scalar, number of training steps taken.
+      g_params, d_params: nested dicts of float32 arrays, the generator's and the
+        discriminator's trainable parameters (``nnx.to_pure_dict`` of their ``nnx.Param``s).
+      g_stats, d_stats: nested dicts of float32 arrays, batch-norm running averages (empty
+        dicts for instance norm or no norm).
+      g_opt, d_opt: Optax Adam states of the two parameter trees.
+      config: the `Pix2PixConfig` (static: not a pytree leaf, part of the tree structure).
+    """
+
+    step: jax.Array
+    g_params: dict
+    g_stats: dict
+    d_params: dict
+    d_stats: dict
+    g_opt: Any
+    d_opt: Any
+    config: Pix2PixConfig = struct.field(pytree_node=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _generator_graphdef(config: GeneratorConfig):
+    """The generator's static graph (no arrays allocated); cached per hashable config."""
+    abstract = nnx.eval_shape(lambda: UNetGenerator(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _discriminator_graphdef(config: DiscriminatorConfig):
+    abstract = nnx.eval_shape(lambda: PatchDiscriminator(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+
+
+def _optimizer(config: Pix2PixConfig) -> optax.GradientTransformation:
+    return optax.adam(config.learning_rate, b1=config.beta1, b2=config.beta2)
+
+
+def _split_pure(module: nnx.Module) -> tuple[dict, dict]:
+    _, params, stats = nnx.split(module, nnx.Param, nnx.BatchStat)
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def init_state(config: Pix2PixConfig, key: ArrayLike) -> TrainState:
+    """Freshly initialised networks (weights N(0, 0.02)) and Adam states, step 0.
+
+    Args:
+      config: `Pix2PixConfig`.
+      key: PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``).
+    Returns:
+      `TrainState`; all parameters float32.
+    """
+    if not isinstance(config, Pix2PixConfig):
+        raise ValueError(f"init_state needs a Pix2PixConfig, got {type(config)}")
+    kg, kd = jax.random.split(key)
+    g_params, g_stats = _split_pure(UNetGenerator(config.generator, rngs=nnx.Rngs(params=kg)))
+    d_params, d_stats = _split_pure(PatchDiscriminator(config.discriminator, rngs=nnx.Rngs(params=kd)))
+    tx = _optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_params,
+        g_stats=g_stats,
+        d_params=d_params,
+        d_stats=d_stats,
+        g_opt=tx.init(g_params),
+        d_opt=tx.init(d_params),
+        config=config,
+    )
+
+
+def generator_from_state(state: TrainState) -> UNetGenerator:
+    """The generator of a `TrainState` as an NNX module (shares no mutable state with it)."""
+    return nnx.merge(_generator_graphdef(state.config.generator), state.g_params, state.g_stats)
+
+
+def discriminator_from_state(state: TrainState) -> PatchDiscriminator:
+    """The discriminator of a `TrainState` as an NNX module."""
+    return nnx.merge(_discriminator_graphdef(state.config.discriminator), state.d_params, state.d_stats)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def generator_loss(
+    fake_logits: jax.Array, fake: jax.Array, target: jax.Array, lambda_l1: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Total generator loss L_G^GAN + lambda L_L1 (paper eqs. 11-12).
+
+    Args:
+      fake_logits: discriminator logits on (input, generated) pairs, any shape, float32.
+      fake: generated images (B, S, S, C), float32 in (-1, 1).
+      target: reference images, same shape as `fake`, in [-1, 1].
+      lambda_l1: weight of the L1 term (paper: 100).
+    Returns:
+      (total, gan, l1), float32 scalars: gan = mean(-log S(fake_logits)) >= 0,
+      l1 = mean |target - fake| in [0, 2].
+    """
+    gan = jnp.mean(optax.sigmoid_binary_cross_entropy(fake_logits, jnp.ones_like(fake_logits)))
+    l1 = jnp.mean(jnp.abs(target - fake))
+    return gan + lambda_l1 * l1, gan, l1
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """Discriminator loss, paper eq. (13): mean(-log S(real)) + mean(-log(1 - S(fake))).
+
+    Args:
+      real_logits, fake_logits: logits on (input, reference) and (input, generated) pairs.
+    Returns:
+      float32 scalar >= 0 (2 log 2 = 1.386 for an undecided discriminator).
+    """
+    real = jnp.mean(optax.sigmoid_binary_cross_entropy(real_logits, jnp.ones_like(real_logits)))
+    fake = jnp.mean(optax.sigmoid_binary_cross_entropy(fake_logits, jnp.zeros_like(fake_logits)))
+    return real + fake
+
+
+# ----------------------------------------------------------------------------- symmetries
+
+
+def d4_transform(images: ArrayLike, g: int, axes: tuple[int, int] = (-3, -2)) -> jax.Array:
+    """Element g of the symmetry group of the square (dihedral group D4) applied to images.
+
+    g = 0..3: rotation by g * 90 degrees (``jnp.rot90`` in the plane `axes`); g = 4..7:
+    the mirror x -> reversed along ``axes[1]`` followed by rotation by (g - 4) * 90
+    degrees. g = 0 is the identity.
+
+    Args:
+      images: array with two equal spatial axes `axes` (default: (..., S, S, C) NHWC).
+      g: Python int in 0..7.
+    Returns:
+      Transformed array, same shape and dtype.
+    """
+    if not (isinstance(g, (int, np.integer)) and 0 <= g < 8):
+        raise ValueError(f"g must be an integer in 0..7, got {g!r}")
+    x = jnp.asarray(images)
+    if g >= 4:
+        x = jnp.flip(x, axis=axes[1])
+    return jnp.rot90(x, k=int(g) % 4, axes=axes)
+
+
+def d4_inverse(images: ArrayLike, g: int, axes: tuple[int, int] = (-3, -2)) -> jax.Array:
+    """Inverse of `d4_transform`: ``d4_inverse(d4_transform(x, g), g) == x``."""
+    if not (isinstance(g, (int, np.integer)) and 0 <= g < 8):
+        raise ValueError(f"g must be an integer in 0..7, got {g!r}")
+    x = jnp.rot90(jnp.asarray(images), k=-(int(g) % 4), axes=axes)
+    if g >= 4:
+        x = jnp.flip(x, axis=axes[1])
+    return x
+
+
+def _augment_one(z: jax.Array, key: jax.Array, config: Pix2PixConfig) -> jax.Array:
+    """Jitter / flip / D4 of one stacked (input ++ target) image (S, S, C)."""
+    size = config.generator.image_size
+    k_crop, k_flip, k_d4 = jax.random.split(key, 3)
+    if config.jitter_resize > size:
+        n = config.jitter_resize
+        z = jax.image.resize(z, (n, n, z.shape[-1]), method=config.jitter_method).astype(z.dtype)
+        offset = jax.random.randint(k_crop, (2,), 0, n - size + 1)
+        z = jax.lax.dynamic_slice(z, (offset[0], offset[1], 0), (size, size, z.shape[-1]))
+    if config.random_flip:
+        z = jnp.where(jax.random.bernoulli(k_flip), jnp.flip(z, axis=1), z)
+    if config.random_d4:
+        g = jax.random.randint(k_d4, (), 0, 8)
+        branches = [functools.partial(d4_transform, g=i, axes=(0, 1)) for i in range(8)]
+        z = jax.lax.switch(g, branches, z)
+    return z
+
+
+def augment(
+    inputs: jax.Array, targets: jax.Array, key: jax.Array, config: Pix2PixConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Random augmentation applied identically to each (input, target) pair.
+
+    Per pair, in this order (each only if switched on in `config`): resize to
+    jitter_resize x jitter_resize and crop a random image_size window (random jitter);
+    left-right flip with probability 1/2; a uniformly random element of D4
+    (`d4_transform`). Identity when all are off (the default).
+
+    Args:
+      inputs: (B, S, S, C_in) float32; targets: (B, S, S, C_out) float32.
+      key: PRNG key.
+      config: `Pix2PixConfig` (static settings).
+    Returns:
+      (inputs, targets), same shapes and dtypes.
+    """
+    if config.jitter_resize == config.generator.image_size and not (config.random_flip or config.random_d4):
+        return inputs, targets
+    c_in = inputs.shape[-1]
+    z = jnp.concatenate([inputs, targets], axis=-1)
+    keys = jax.random.split(key, z.shape[0])
+    z = jax.vmap(lambda zi, ki: _augment_one(zi, ki, config))(z, keys)
+    return z[..., :c_in], z[..., c_in:]
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def _as_images(x: ArrayLike, channels: int, name: str, size: int) -> jax.Array:
+    """(B, S, S) or (B, S, S, C) -> float32 (B, S, S, C); checks static shapes."""
+    x = jnp.asarray(x)
+    if x.ndim == 3 and channels == 1:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != (size, size, channels):
+        raise ValueError(f"{name} must have shape (batch, {size}, {size}, {channels}), got {x.shape}")
+    return x.astype(_F32)
+
+
+@functools.lru_cache(maxsize=16)
+def make_train_step(config: Pix2PixConfig) -> Callable:
+    """Builds the jitted, pure training step for `config`.
+
+    Cached per (hashable) config, so repeated calls share one compiled function.
+
+    Returns:
+      ``train_step(state, batch, key) -> (state, metrics)`` where
+        state: `TrainState` with ``state.config == config``;
+        batch: (inputs, targets), (B, S, S, C_in) and (B, S, S, C_out) (or (B, S, S) for
+          one channel), values in [-1, 1], any float dtype (cast to float32);
+        key: PRNG key for augmentation and dropout (use a new key per step);
+        metrics: dict of float32 scalars `METRIC_NAMES`: g_loss (total generator loss),
+          g_gan, g_l1, d_loss, d_real / d_fake (mean discriminator probability on real /
+          generated pairs).
+      The same (state, batch, key) always gives the same result; nothing outside the
+      arguments is read or written. Batch norm, if configured, uses batch statistics and
+      updates its running averages in the returned state.
+    """
+    if not isinstance(config, Pix2PixConfig):
+        raise ValueError(f"make_train_step needs a Pix2PixConfig, got {type(config)}")
+    g_def = _generator_graphdef(config.generator)
+    d_def = _discriminator_graphdef(config.discriminator)
+    tx = _optimizer(config)
+    gcfg = config.generator
+
+    def losses(g_params, d_params, g_stats, d_stats, x, y, dropout_key):
+        gen = nnx.merge(g_def, g_params, g_stats)
+        disc = nnx.merge(d_def, d_params, d_stats)
+        fake = gen(x, train=True, dropout_key=dropout_key)
+        real_logits = disc(jnp.concatenate([x, y], axis=-1), train=True)
+        fake_logits = disc(jnp.concatenate([x, fake], axis=-1), train=True)
+        g_total, g_gan, g_l1 = generator_loss(fake_logits, fake, y, config.lambda_l1)
+        d_total = discriminator_loss(real_logits, fake_logits)
+        metrics = {
+            "g_loss": g_total,
+            "g_gan": g_gan,
+            "g_l1": g_l1,
+            "d_loss": d_total,
+            "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
+            "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),
+        }
+        new_stats = (
+            nnx.to_pure_dict(nnx.state(gen, nnx.BatchStat)),
+            nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)),
+        )
+        return (g_total, d_total), (new_stats, metrics)
+
+    def train_step(state: TrainState, batch, key):
+        if state.config != config:
+            raise ValueError("train_step was built for another Pix2PixConfig than state.config")
+        inputs, targets = batch
+        x = _as_images(inputs, gcfg.in_channels, "batch inputs", gcfg.image_size)
+        y = _as_images(targets, gcfg.out_channels, "batch targets", gcfg.image_size)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"inputs and targets batch sizes differ: {x.shape[0]} != {y.shape[0]}")
+        k_aug, k_drop = jax.random.split(key)
+        x, y = augment(x, y, k_aug, config)
+        fn = functools.partial(losses, g_stats=state.g_stats, d_stats=state.d_stats, x=x, y=y, dropout_key=k_drop)
+        _, vjp_fn, ((g_stats, d_stats), metrics) = jax.vjp(fn, state.g_params, state.d_params, has_aux=True)
+        one, zero = jnp.ones((), _F32), jnp.zeros((), _F32)
+        g_grads, _ = vjp_fn((one, zero))  # d L_G / d theta_G
+        _, d_grads = vjp_fn((zero, one))  # d L_D / d theta_D
+        g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
+        d_updates, d_opt = tx.update(d_grads, state.d_opt, state.d_params)
+        new_state = state.replace(
+            step=state.step + 1,
+            g_params=optax.apply_updates(state.g_params, g_updates),
+            g_stats=g_stats,
+            d_params=optax.apply_updates(state.d_params, d_updates),
+            d_stats=d_stats,
+            g_opt=g_opt,
+            d_opt=d_opt,
+        )
+        return new_state, metrics
+
+    return jax.jit(train_step)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@functools.lru_cache(maxsize=64)
+def _predict_fn(g_def, symmetrize: bool):
+    """Jitted inference function for one generator graph (a compiled-function cache)."""
+
+    def apply(params, stats, x):
+        gen = nnx.merge(g_def, params, stats)
+        if not symmetrize:
+            return gen(x, train=False)
+        b = x.shape[0]
+        xs = jnp.concatenate([d4_transform(x, g, axes=(1, 2)) for g in range(8)], axis=0)
+        ys = gen(xs, train=False)
+        outs = [d4_inverse(ys[g * b : (g + 1) * b], g, axes=(1, 2)) for g in range(8)]
+        return jnp.mean(jnp.stack(outs), axis=0)
+
+    return jax.jit(apply)
+
+
+def predict(
+    model_state: TrainState | UNetGenerator,
+    inputs: ArrayLike,
+    symmetrize: bool = False,
+    *,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Generator output for a set of input images (inference mode: no dropout, batch norm
+    with its running averages).
+
+    With ``symmetrize=True`` the output is averaged over the 8 symmetries T of the square:
+    mean_T T^-1 G(T x). The result is exactly equivariant, predict(T x) = T predict(x)
+    (up to float32 rounding of the average), as the map V -> n is.
+
+    Args:
+      model_state: a `TrainState` or a `UNetGenerator`.
+      inputs: (S, S), (B, S, S) (one channel) or (B, S, S, C_in) images in [-1, 1].
+      symmetrize: average over the group D4 (8 generator evaluations per image).
+      batch_size: images per generator call (the last chunk is padded; one compilation).
+    Returns:
+      NumPy float32 array with the layout of `inputs` and C_out channels (channel axis
+      dropped for (S, S) / (B, S, S) inputs when C_out == 1), values in (-1, 1).
+    """
+    if isinstance(model_state, TrainState):
+        gcfg = model_state.config.generator
+        g_def = _generator_graphdef(gcfg)
+        params, stats = model_state.g_params, model_state.g_stats
+    elif isinstance(model_state, UNetGenerator):
+        gcfg = model_state.config
+        g_def, params, stats = nnx.split(model_state, nnx.Param, nnx.BatchStat)
+        params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+    else:
+        raise ValueError(f"predict needs a TrainState or a UNetGenerator, got {type(model_state)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = np.asarray(inputs, dtype=np.float32)
+    ndim = x.ndim
+    if ndim == 2:
+        x = x[None]
+    if x.ndim == 3 and gcfg.in_channels == 1:
+        x = x[..., None]
+    s = gcfg.image_size
+    if x.ndim != 4 or x.shape[1:] != (s, s, gcfg.in_channels):
+        raise ValueError(
+            f"inputs must have shape (B, {s}, {s}, {gcfg.in_channels}) or (B, {s}, {s}), got {np.shape(inputs)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("predict needs at least one image")
+    fn = _predict_fn(g_def, bool(symmetrize))
+    n = x.shape[0]
+    chunk = min(batch_size, n)
+    outs = []
+    for start in range(0, n, chunk):
+        xb = x[start : start + chunk]
+        m = xb.shape[0]
+        if m < chunk:
+            xb = np.concatenate([xb, np.zeros((chunk - m,) + xb.shape[1:], xb.dtype)])
+        outs.append(np.asarray(fn(params, stats, xb))[:m])
+    y = np.concatenate(outs)
+    if ndim < 4 and gcfg.out_channels == 1:
+        y = y[..., 0]
+    if ndim == 2:
+        y = y[0]
+    return y
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+class FitResult(NamedTuple):
+    """Result of `fit`.
+
+    Attributes:
+      state: `TrainState` after the last step.
+      history: dict of lists: "step" (1-based step numbers) and one list per metric of
+        `METRIC_NAMES` (one float per step), "val_step" and "val_r2" (one per evaluation;
+        R^2 of the generator on the validation set).
+      best_step: step with the highest validation R^2 (None without evaluations).
+    """
+
+    state: TrainState
+    history: dict
+    best_step: int | None
+
+
+def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
+    """R^2 of a set of images: 1 - sum (ref - pred)^2 / sum (ref - mean_ref)^2.
+
+    mean_ref is the per-pixel mean map over the set (axis 0), as in Pantis-Simut et al.
+    (2023), eqs. (17)-(19). Private stand-in, to be replaced by qdjax.metrics.r2.
+    """
+    pred = np.asarray(pred, np.float64)
+    ref = np.asarray(ref, np.float64)
+    ss_res = np.sum((ref - pred) ** 2)
+    ss_tot = np.sum((ref - ref.mean(axis=0)) ** 2)
+    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def batch_indices(data_key: jax.Array, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Indices of the training images used at `step` (0-based): a pure function of its args.
+
+    The training set is visited in epochs; epoch e uses the permutation
+    ``jax.random.permutation(jax.random.fold_in(data_key, e), n)``; step s takes positions
+    s * batch_size ... (s + 1) * batch_size - 1 of the concatenated epochs.
+
+    Returns:
+      int64 array (batch_size,) of indices in [0, n).
+    """
+    pos = step * batch_size + np.arange(batch_size)
+    epochs = pos // n
+    out = np.empty(batch_size, np.int64)
+    for e in np.unique(epochs):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, int(e)), n))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def _as_key(key: ArrayLike | int) -> jax.Array:
+    """A typed PRNG key from an int seed, a typed key or a raw uint32 key."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
+        return key
+    if key.dtype != jnp.uint32 or key.shape != (2,):
+        raise ValueError(f"key must be a PRNG key, a raw uint32 (2,) key or an int seed, got {key.dtype} {key.shape}")
+    return jax.random.wrap_key_data(key)
+
+
+def _prepare_set(x: ArrayLike, channels: int, size: int, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3 and channels == 1:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != (size, size, channels) or x.shape[0] < 1:
+        raise ValueError(
+            f"{name} must have shape (N >= 1, {size}, {size}, {channels}) or (N, {size}, {size}), "
+            f"got {np.shape(x)}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains non-finite values")
+    return x
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """sha256 of the shapes and float32 bytes of the data sets (detects a changed data set on resume)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(repr(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def fit(
+    config: Pix2PixConfig,
+    train_inputs: ArrayLike,
+    train_targets: ArrayLike,
+    val_inputs: ArrayLike,
+    val_targets: ArrayLike,
+    *,
+    steps: int,
+    key: ArrayLike | int,
+    eval_every: int = 1000,
+    checkpoint_dir: str | None = None,
+    symmetrize_eval: bool = False,
+    metadata: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Trains pix2pix on in-memory image pairs, evaluating R^2 on a validation set.
+
+    The run is a deterministic function of (config, data, key, step): from `key` come the
+    initial weights, the data order (`batch_indices`) and the per-step keys
+    ``fold_in(step_key, step)``. With `checkpoint_dir`, a checkpoint is written at every
+    evaluation (latest and best validation R^2 are kept, see `qdjax.ml.checkpoint`), and a
+    later call with the same directory resumes from the latest checkpoint and follows the
+    same trajectory as an uninterrupted run: interrupt at any time and call again.
+
+    Args:
+      config: `Pix2PixConfig` (batch size, optimiser, augmentation, networks).
+      train_inputs, train_targets: (N, S, S[, C]) arrays in [-1, 1] (see
+        `qdjax.ml.scaling`); cast to float32.
+      val_inputs, val_targets: (M, S, S[, C]) arrays in [-1, 1].
+      steps: total number of training steps (including those of a resumed run).
+      key: PRNG key or int seed.
+      eval_every: evaluate (and checkpoint) every this many steps, and after the last step.
+      checkpoint_dir: directory for Orbax checkpoints, or None.
+      symmetrize_eval: validate with the D4-averaged generator (`predict(..., symmetrize=True)`).
+      metadata: JSON-serialisable dict stored in each checkpoint (e.g. scalers' dicts).
+      progress: show a tqdm progress bar.
+    Returns:
+      `FitResult` (state, history, best_step). R^2 uses the per-pixel mean map of the
+      validation targets; it is the same on [-1, 1] images as in physical units.
+    Raises:
+      ValueError: bad shapes or values; a checkpoint in `checkpoint_dir` that was written
+        for another config, key or data set.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, Pix2PixConfig):
+        raise ValueError(f"fit needs a Pix2PixConfig, got {type(config)}")
+    for name, v in (("steps", steps), ("eval_every", eval_every)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    gcfg = config.generator
+    s = gcfg.image_size
+    xt = _prepare_set(train_inputs, gcfg.in_channels, s, "train_inputs")
+    yt = _prepare_set(train_targets, gcfg.out_channels, s, "train_targets")
+    xv = _prepare_set(val_inputs, gcfg.in_channels, s, "val_inputs")
+    yv = _prepare_set(val_targets, gcfg.out_channels, s, "val_targets")
+    if xt.shape[0] != yt.shape[0] or xv.shape[0] != yv.shape[0]:
+        raise ValueError(
+            f"inputs and targets must have the same number of images: train {xt.shape[0]} vs {yt.shape[0]}, "
+            f"val {xv.shape[0]} vs {yv.shape[0]}"
+        )
+    base_key = _as_key(key)
+    key_data = np.asarray(jax.random.key_data(base_key))
+    init_key, data_key, step_key = jax.random.split(base_key, 3)
+    fingerprint = _fingerprint(xt, yt, xv, yv)
+
+    history: dict[str, list] = {"step": [], **{m: [] for m in METRIC_NAMES}, "val_step": [], "val_r2": []}
+    ckpt = None
+    state = None
+    if checkpoint_dir is not None:
+        from qdjax.ml.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint_dir, config)
+        if ckpt.latest_step() is not None:
+            restored = ckpt.restore()
+            if not np.array_equal(restored.key, key_data):
+                raise ValueError(
+                    f"the checkpoint in {checkpoint_dir} was written with another key "
+                    f"({restored.key.tolist()} != {key_data.tolist()}); use the original key or a new directory"
+                )
+            if restored.metadata.get("data_fingerprint") != fingerprint:
+                raise ValueError(
+                    f"the checkpoint in {checkpoint_dir} was written for other training/validation data; "
+                    "use the original data or a new directory"
+                )
+            state, history = restored.state, restored.history
+    if state is None:
+        state = init_state(config, init_key)
+    start = int(state.step)
+    train_step = make_train_step(config)
+    n = xt.shape[0]
+    b = config.batch_size
+    ckpt_meta = dict(metadata or {})
+    ckpt_meta["data_fingerprint"] = fingerprint
+
+    pending: list[tuple[int, dict]] = []
+    bar = tqdm(total=steps, initial=min(start, steps), disable=not progress, desc="pix2pix", unit="step")
+    try:
+        for step in range(start, steps):
+            idx = batch_indices(data_key, step, b, n)
+            state, metrics = train_step(state, (xt[idx], yt[idx]), jax.random.fold_in(step_key, step))
+            pending.append((step + 1, metrics))
+            bar.update(1)
+            done = step + 1
+            if done % eval_every == 0 or done == steps:
+                for st, m in jax.device_get(pending):
+                    history["step"].append(int(st))
+                    for name in METRIC_NAMES:
+                        history[name].append(float(m[name]))
+                pending.clear()
+                r2 = _r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
+                history["val_step"].append(done)
+                history["val_r2"].append(r2)
+                bar.set_postfix(
+                    g_l1=f"{history['g_l1'][-1]:.4f}", d_loss=f"{history['d_loss'][-1]:.3f}", val_r2=f"{r2:.4f}"
+                )
+                if ckpt is not None:
+                    ckpt.save(state, key=key_data, val_r2=r2, history=history, metadata=ckpt_meta)
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    best = None
+    if history["val_r2"]:
+        r2s = np.asarray(history["val_r2"], np.float64)
+        r2s = np.where(np.isfinite(r2s), r2s, -np.inf)
+        best = int(history["val_step"][int(np.argmax(r2s))])
+    return FitResult(state, history, best)

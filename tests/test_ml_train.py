@@ -1,0 +1,306 @@
+"""Tests of qdjax.ml.train and qdjax.ml.checkpoint: losses, the pure step, learning,
+augmentation by the symmetries of the square, equivariant prediction, checkpoints and resume.
+
+Small networks (4-8 filters) keep compilation and the whole file well under a minute on
+2 CPU cores. All tests share one configuration, so the training step compiles once.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qdjax  # noqa: F401  (float64 mode on: everything here must stay float32)
+from qdjax.ml import checkpoint, train
+from qdjax.ml.models import DiscriminatorConfig, GeneratorConfig, Pix2PixConfig
+
+CFG = Pix2PixConfig(
+    generator=GeneratorConfig(filters=(4, 8, 8, 8, 8, 8)),
+    discriminator=DiscriminatorConfig.preset("image70", widths=(4, 8, 8, 8)),
+    learning_rate=1e-3,
+    batch_size=2,
+)
+
+
+def smooth_images(n, seed):
+    """(n, 64, 64, 1) float32 in [-1, 1]: sums of four random Gaussian bumps."""
+    rng = np.random.default_rng(seed)
+    g = (np.arange(64) + 0.5) / 64
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    out = np.zeros((n, 64, 64), np.float32)
+    for i in range(n):
+        for _ in range(4):
+            cx, cy, w, a = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.2), rng.uniform(-1, 1)
+            out[i] += a * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * w**2))
+    return np.clip(out, -1, 1)[..., None]
+
+
+def assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(la, lb):
+        u, v = np.asarray(u), np.asarray(v)
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Toy mapping y = -x: 6 training and 3 validation pairs."""
+    x = smooth_images(9, 0)
+    return x[:6], -x[:6], x[6:], -x[6:]
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """100 steps of the toy mapping with the pure step; returns (initial state, final state, L1 per step)."""
+    xt, yt, _, _ = data
+    state0 = train.init_state(CFG, jax.random.key(0))
+    step = train.make_train_step(CFG)
+    state, l1 = state0, []
+    data_key = jax.random.key(1)
+    for s in range(100):
+        idx = train.batch_indices(data_key, s, CFG.batch_size, len(xt))
+        state, m = step(state, (xt[idx], yt[idx]), jax.random.fold_in(jax.random.key(2), s))
+        l1.append(float(m["g_l1"]))
+    return state0, state, np.asarray(l1)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_losses_match_formulas_and_are_stable():
+    z = jnp.asarray([-100.0, -3.0, -0.5, 0.0, 0.7, 4.0, 100.0], jnp.float32)
+    zf = np.asarray(z, np.float64)
+    neg_log_sig = np.logaddexp(0, -zf)  # -log S(z)
+    neg_log_1m_sig = np.logaddexp(0, zf)  # -log(1 - S(z))
+    fake = jnp.full((1, 64, 64, 1), 0.25, jnp.float32)
+    target = jnp.full((1, 64, 64, 1), -0.25, jnp.float32)
+    total, gan, l1 = train.generator_loss(z, fake, target, 100.0)
+    assert gan == pytest.approx(neg_log_sig.mean(), rel=1e-6) and l1 == pytest.approx(0.5)
+    assert total == pytest.approx(neg_log_sig.mean() + 50.0, rel=1e-6)
+    d = train.discriminator_loss(z, z[::-1])
+    assert d == pytest.approx(neg_log_sig.mean() + neg_log_1m_sig[::-1].mean(), rel=1e-6)
+    assert np.isfinite(float(d)) and all(v.dtype == jnp.float32 for v in (total, gan, l1, d))
+    zero = jnp.zeros((3, 3))
+    assert train.discriminator_loss(zero, zero) == pytest.approx(2 * math.log(2))  # undecided D
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def test_train_step_is_pure_and_float32(data):
+    xt, yt, _, _ = data
+    state = train.init_state(CFG, jax.random.key(5))
+    before = jax.tree.map(np.array, state)
+    step = train.make_train_step(CFG)
+    assert train.make_train_step(CFG) is step  # one compiled function per config
+    batch = (xt[:2], yt[:2])
+    s1, m1 = step(state, batch, jax.random.key(7))
+    s2, m2 = step(state, batch, jax.random.key(7))
+    assert_trees_equal(s1, s2)
+    assert_trees_equal(m1, m2)
+    assert_trees_equal(state, before)  # the input state is untouched
+    assert int(s1.step) == 1 and sorted(m1) == sorted(train.METRIC_NAMES)
+    leaves = jax.tree.leaves((s1.g_params, s1.d_params, s1.g_opt, s1.d_opt, m1))
+    assert {x.dtype for x in leaves} <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+    assert {x.dtype for x in jax.tree.leaves((s1.g_params, s1.d_params, m1))} == {jnp.dtype(jnp.float32)}
+    s3, _ = step(state, batch, jax.random.key(8))  # a different key only matters for dropout/augmentation
+    assert_trees_equal(s3, s1)
+    first_param = lambda s: np.asarray(jax.tree.leaves(s.g_params)[0])  # noqa: E731
+    assert not np.array_equal(first_param(s1), first_param(state))
+
+
+def test_train_step_learns_toy_mapping(trained, data):
+    """y = -x on smooth images: the L1 loss falls by far more than its step-to-step noise."""
+    state0, state, l1 = trained
+    xt, yt, xv, yv = data
+    first, last = l1[:5].mean(), l1[-10:].mean()
+    assert last < 0.3 * first, (first, last)
+    # held-out check with the model itself: generator before vs after training
+    err0 = np.abs(train.predict(state0, xv) - yv).mean()
+    err1 = np.abs(train.predict(state, xv) - yv).mean()
+    assert err1 < 0.5 * err0, (err0, err1)
+
+
+def test_batch_indices_epochs_are_permutations():
+    key = jax.random.key(3)
+    idx = np.concatenate([train.batch_indices(key, s, 2, 5) for s in range(5)])  # 10 draws = 2 epochs
+    assert sorted(idx[:5]) == list(range(5)) and sorted(idx[5:]) == list(range(5))
+    np.testing.assert_array_equal(train.batch_indices(key, 3, 2, 5), idx[6:8])  # pure in (key, step)
+
+
+# ----------------------------------------------------------------------------- symmetries
+
+
+def test_d4_group():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 3)), jnp.float32)
+    imgs = [np.asarray(train.d4_transform(x, g)) for g in range(8)]
+    assert len({im.tobytes() for im in imgs}) == 8  # eight distinct elements
+    np.testing.assert_array_equal(imgs[0], np.asarray(x))
+    for g in range(8):
+        np.testing.assert_array_equal(np.asarray(train.d4_inverse(train.d4_transform(x, g), g)), np.asarray(x))
+        for h in range(8):  # closure: T_g T_h is one of the eight
+            comp = np.asarray(train.d4_transform(train.d4_transform(x, h), g)).tobytes()
+            assert comp in {im.tobytes() for im in imgs}
+    with pytest.raises(ValueError):
+        train.d4_transform(x, 8)
+
+
+def test_augment_acts_identically_on_input_and_target():
+    """A pixelwise map y = f(x) survives jitter (nearest resize + crop), flips and D4 exactly."""
+    x = jnp.asarray(smooth_images(4, 1))
+    f = lambda v: v * v + 0.5 * v  # noqa: E731
+    cfg = CFG.replace(jitter_resize=72, jitter_method="nearest", random_flip=True, random_d4=True)
+    xa, ya = train.augment(x, f(x), jax.random.key(0), cfg)
+    assert xa.shape == x.shape and ya.shape == x.shape and xa.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(ya), np.asarray(f(xa)))
+    assert not np.array_equal(np.asarray(xa), np.asarray(x))
+    same, _ = train.augment(x, f(x), jax.random.key(0), CFG)  # all off: identity
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(x))
+
+
+def test_random_d4_draws_every_element():
+    x0 = jnp.asarray(np.random.default_rng(2).normal(size=(1, 64, 64, 1)), jnp.float32)
+    x = jnp.repeat(x0, 200, axis=0)
+    xa, _ = train.augment(x, x, jax.random.key(1), CFG.replace(random_d4=True))
+    elements = [np.asarray(train.d4_transform(x0[0], g, axes=(0, 1))).tobytes() for g in range(8)]
+    seen = [elements.index(np.asarray(im).tobytes()) for im in xa]  # ValueError if not in D4
+    # 200 uniform draws miss one of 8 elements with probability 8 (7/8)^200 = 2e-11
+    assert sorted(set(seen)) == list(range(8))
+
+
+def test_symmetrized_prediction_is_equivariant(trained, data):
+    _, state, _ = trained
+    x = data[2]  # (3, 64, 64, 1)
+    p = train.predict(state, x, symmetrize=True)
+    p_plain = train.predict(state, x)
+    worst_plain = 0.0
+    for g in range(8):
+        tx = np.asarray(train.d4_transform(x, g))
+        lhs = train.predict(state, tx, symmetrize=True)
+        rhs = np.asarray(train.d4_transform(p, g))
+        np.testing.assert_allclose(lhs, rhs, rtol=0, atol=2e-6)  # float32 rounding of the average
+        plain_err = np.abs(train.predict(state, tx) - np.asarray(train.d4_transform(p_plain, g))).max()
+        worst_plain = max(worst_plain, plain_err)
+    assert worst_plain > 1e-3  # the plain generator is not equivariant: the test can fail
+
+
+def test_predict_layouts_and_chunks(trained, data):
+    _, state, _ = trained
+    x = data[2]
+    full = train.predict(state, x)
+    assert full.shape == (3, 64, 64, 1) and full.dtype == np.float32
+    np.testing.assert_array_equal(train.predict(state, x[..., 0]), full[..., 0])
+    # another batch size may pick another convolution algorithm: equal to float32 rounding
+    np.testing.assert_allclose(train.predict(state, x[0, ..., 0]), full[0, ..., 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(train.predict(state, x, batch_size=2), full, rtol=0, atol=1e-6)
+    gen = train.generator_from_state(state)
+    np.testing.assert_array_equal(train.predict(gen, x), full)
+    with pytest.raises(ValueError):
+        train.predict(state, x[:, :32])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_roundtrip_is_bit_identical(trained, tmp_path):
+    _, state, _ = trained
+    key = jax.random.key(42)
+    hist = {"step": [1, 2], "g_l1": [0.5, 0.25], "val_step": [2], "val_r2": [0.123456789012345]}
+    with checkpoint.Checkpointer(tmp_path / "a", CFG) as ck:
+        ck.save(state, key=key, val_r2=0.5, history=hist, metadata={"scaler": {"lo": 0.0, "hi": 0.5}})
+        r = ck.restore()
+    assert r.step == int(state.step) == 100 and r.val_r2 == 0.5
+    assert_trees_equal(r.state, state)
+    assert r.state.config == CFG
+    np.testing.assert_array_equal(r.key, np.asarray(jax.random.key_data(key)))
+    assert r.history["g_l1"] == hist["g_l1"] and r.history["val_r2"] == hist["val_r2"] and r.history["d_loss"] == []
+    assert r.metadata == {"scaler": {"lo": 0.0, "hi": 0.5}}
+    assert checkpoint.read_config(tmp_path / "a") == CFG
+    # batch-norm running averages (non-empty stats trees) round-trip as well
+    cfg_bn = CFG.replace(generator=CFG.generator.__class__(filters=CFG.generator.filters, norm="batch"))
+    s_bn = train.init_state(cfg_bn, jax.random.key(1))
+    s_bn = s_bn.replace(g_stats=jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size, dtype=v.dtype), s_bn.g_stats))
+    assert jax.tree.leaves(s_bn.g_stats)
+    with checkpoint.Checkpointer(tmp_path / "bn", cfg_bn) as ck:
+        ck.save(s_bn, key=key, val_r2=float("nan"))
+        assert_trees_equal(ck.restore().state, s_bn)
+
+
+def test_checkpoint_refuses_other_config(trained, tmp_path):
+    _, state, _ = trained
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:
+        ck.save(state, key=jax.random.key(0), val_r2=0.1)
+    other = CFG.replace(generator=GeneratorConfig(filters=(4, 8, 8, 8, 8, 16)))
+    with checkpoint.Checkpointer(tmp_path, other) as ck:
+        with pytest.raises(ValueError, match="generator.filters"):
+            ck.restore()
+    with checkpoint.Checkpointer(tmp_path, CFG.replace(lambda_l1=50.0)) as ck:
+        with pytest.raises(ValueError, match="lambda_l1"):
+            ck.restore()
+    with checkpoint.Checkpointer(tmp_path, other) as ck, pytest.raises(ValueError):
+        ck.save(state, key=jax.random.key(0), val_r2=0.1)  # state of another config
+
+
+def test_checkpoint_keeps_latest_and_best(trained, tmp_path):
+    _, state, _ = trained
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:
+        for step, r2 in [(1, 0.5), (2, 0.9), (3, 0.1), (4, 0.2), (5, float("nan"))]:
+            ck.save(state.replace(step=jnp.asarray(step, jnp.int32)), key=jax.random.key(0), val_r2=r2)
+        assert ck.all_steps() == [2, 5] and ck.best_step() == 2 and ck.latest_step() == 5
+        with pytest.raises(ValueError, match="exists"):
+            ck.save(state.replace(step=jnp.asarray(5, jnp.int32)), key=jax.random.key(0), val_r2=0.3)
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:  # reopened: the ranking is read from disk
+        ck.save(state.replace(step=jnp.asarray(6, jnp.int32)), key=jax.random.key(0), val_r2=0.3)
+        assert ck.all_steps() == [2, 6] and ck.best_step() == 2
+    best = checkpoint.load_state(tmp_path)
+    assert best.step == 2 and best.val_r2 == 0.9 and int(best.state.step) == 2
+    assert checkpoint.load_state(tmp_path, "latest").val_r2 == 0.3
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def test_fit_interrupted_and_resumed_matches_uninterrupted(data, tmp_path, monkeypatch):
+    xt, yt, xv, yv = data
+    kw = dict(steps=6, eval_every=2, key=11, progress=False)
+    ref = train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=tmp_path / "ref", **kw)
+    assert ref.history["step"] == [1, 2, 3, 4, 5, 6] and ref.history["val_step"] == [2, 4, 6]
+    assert all(np.isfinite(ref.history["val_r2"])) and ref.best_step in (2, 4, 6)
+
+    original = train.batch_indices
+
+    def crash_at_step_5(key, step, batch_size, n):  # like a kill after the step-4 checkpoint
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(key, step, batch_size, n)
+
+    monkeypatch.setattr(train, "batch_indices", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=tmp_path / "run", **kw)
+    monkeypatch.setattr(train, "batch_indices", original)
+    assert checkpoint.Checkpointer(tmp_path / "run", CFG).latest_step() == 4
+    res = train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=tmp_path / "run", **kw)
+    assert_trees_equal(res.state, ref.state)
+    assert res.history == ref.history and res.best_step == ref.best_step
+    # the same run without checkpoints is the same trajectory too
+    plain = train.fit(CFG, xt, yt, xv, yv, **kw)
+    assert_trees_equal(plain.state, ref.state)
+
+
+def test_fit_refuses_mismatched_resume(data, tmp_path):
+    xt, yt, xv, yv = data
+    kw = dict(steps=2, eval_every=2, progress=False, checkpoint_dir=tmp_path)
+    train.fit(CFG, xt, yt, xv, yv, key=1, **kw)
+    with pytest.raises(ValueError, match="another key"):
+        train.fit(CFG, xt, yt, xv, yv, key=2, **kw)
+    with pytest.raises(ValueError, match="other training"):
+        train.fit(CFG, xt, -yt, xv, yv, key=1, **kw)
+    other = CFG.replace(discriminator=DiscriminatorConfig.preset("pixel1", widths=(4, 8, 8, 8)))
+    with pytest.raises(ValueError, match="discriminator"):
+        train.fit(other, xt, yt, xv, yv, key=1, **kw)
+    with pytest.raises(ValueError):
+        train.fit(CFG, xt[:, :32], yt, xv, yv, key=1, steps=2, progress=False)
