@@ -270,6 +270,10 @@ def test_fit_interrupted_and_resumed_matches_uninterrupted(data, tmp_path, monke
     ref = train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=tmp_path / "ref", **kw)
     assert ref.history["step"] == [1, 2, 3, 4, 5, 6] and ref.history["val_step"] == [2, 4, 6]
     assert all(np.isfinite(ref.history["val_r2"])) and ref.best_step in (2, 4, 6)
+    # validation R^2 against a direct NumPy evaluation: 1 - SS_res / SS_tot, set-mean map
+    pred, y64 = train.predict(ref.state, xv).astype(np.float64), yv.astype(np.float64)
+    ss_tot = ((y64 - y64.mean(axis=0)) ** 2).sum()
+    assert ref.history["val_r2"][-1] == pytest.approx(1 - ((y64 - pred) ** 2).sum() / ss_tot, rel=1e-9)
 
     original = train.batch_indices
 
@@ -304,3 +308,5 @@ def test_fit_refuses_mismatched_resume(data, tmp_path):
         train.fit(other, xt, yt, xv, yv, key=1, **kw)
     with pytest.raises(ValueError):
         train.fit(CFG, xt[:, :32], yt, xv, yv, key=1, steps=2, progress=False)
+    with pytest.raises(ValueError, match="at least 2"):
+        train.fit(CFG, xt, yt, xv[:1], yv[:1], key=1, steps=2, progress=False)

@@ -29,6 +29,7 @@ import optax
 from flax import nnx, struct
 from jax.typing import ArrayLike
 
+from qdjax import metrics as qd_metrics
 from qdjax.ml.models import (
     DiscriminatorConfig,
     GeneratorConfig,
@@ -457,17 +458,15 @@ class FitResult(NamedTuple):
     best_step: int | None
 
 
-def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
-    """R^2 of a set of images: 1 - sum (ref - pred)^2 / sum (ref - mean_ref)^2.
+def _set_r2(pred: np.ndarray, ref: np.ndarray) -> float:
+    """R^2 of a set of (N, S, S, C) images with the per-pixel mean map of `ref` (float64).
 
-    mean_ref is the per-pixel mean map over the set (axis 0), as in Pantis-Simut et al.
-    (2023), eqs. (17)-(19). Private stand-in, to be replaced by qdjax.metrics.r2.
+    `qdjax.metrics.r2` on (N, S, S * C): one R^2 over all pixels and channels.
     """
-    pred = np.asarray(pred, np.float64)
-    ref = np.asarray(ref, np.float64)
-    ss_res = np.sum((ref - pred) ** 2)
-    ss_tot = np.sum((ref - ref.mean(axis=0)) ** 2)
-    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+    n, s = ref.shape[0], ref.shape[1]
+    pred = np.asarray(pred, np.float64).reshape(n, s, -1)
+    ref = np.asarray(ref, np.float64).reshape(n, s, -1)
+    return float(qd_metrics.r2(pred, ref))
 
 
 def batch_indices(data_key: jax.Array, step: int, batch_size: int, n: int) -> np.ndarray:
@@ -564,8 +563,9 @@ def fit(
       metadata: JSON-serialisable dict stored in each checkpoint (e.g. scalers' dicts).
       progress: show a tqdm progress bar.
     Returns:
-      `FitResult` (state, history, best_step). R^2 uses the per-pixel mean map of the
-      validation targets; it is the same on [-1, 1] images as in physical units.
+      `FitResult` (state, history, best_step). R^2 is `qdjax.metrics.r2` with the per-pixel
+      mean map of the validation targets (the set being scored); it is the same on [-1, 1]
+      images as in physical units.
     Raises:
       ValueError: bad shapes or values; a checkpoint in `checkpoint_dir` that was written
         for another config, key or data set.
@@ -583,6 +583,8 @@ def fit(
     yt = _prepare_set(train_targets, gcfg.out_channels, s, "train_targets")
     xv = _prepare_set(val_inputs, gcfg.in_channels, s, "val_inputs")
     yv = _prepare_set(val_targets, gcfg.out_channels, s, "val_targets")
+    if xv.shape[0] < 2:
+        raise ValueError(f"the validation set needs at least 2 images for R^2, got {xv.shape[0]}")
     if xt.shape[0] != yt.shape[0] or xv.shape[0] != yv.shape[0]:
         raise ValueError(
             f"inputs and targets must have the same number of images: train {xt.shape[0]} vs {yt.shape[0]}, "
@@ -637,7 +639,7 @@ def fit(
                     for name in METRIC_NAMES:
                         history[name].append(float(m[name]))
                 pending.clear()
-                r2 = _r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
+                r2 = _set_r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
                 history["val_step"].append(done)
                 history["val_r2"].append(r2)
                 bar.set_postfix(
