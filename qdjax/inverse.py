@@ -130,16 +130,16 @@ class CheckResult(NamedTuple):
     accepted: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _check_graph(propose, target, n_electrons, config, bounds, threshold, mean_map):
-    V = jnp.clip(propose(target), bounds[0], bounds[1])
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _check_graph(apply, variables, target, n_electrons, config, bounds, threshold, mean_map):
+    V = jnp.clip(apply(variables, target), bounds[0], bounds[1])
     density = ed.ground_density(V, n_electrons, config)
     s = scores(density, target, n_electrons, config, mean_map)
     return CheckResult(V, density, s, s["displaced_charge"] <= threshold)
 
 
 def check(
-    propose: Callable[[jax.Array], jax.Array],
+    proposer,
     target: ArrayLike,
     n_electrons: int,
     config: EDConfig = EDConfig(),
@@ -151,9 +151,10 @@ def check(
     """Propose potentials for target densities and verify them by ED, in one jitted graph.
 
     Args:
-      propose: pure function (batch, grid, grid) density in nm^-2 -> (batch, grid, grid)
-        potential in eV (e.g. `qdjax.ml.evaluate.potential_proposer`); must be hashable (a
-        function or functools.partial), it is a static argument of the jitted graph.
+      proposer: a pair (apply, variables): `apply(variables, density)` maps (batch, grid, grid)
+        densities in nm^-2 to potentials in eV; `apply` must be hashable (a function or
+        functools.partial; it is static), `variables` any pytree of arrays (traced). The
+        trained n_int -> V generator gives one with `qdjax.ml.evaluate.generator_function`.
       target: array (batch, grid, grid), nm^-2.
       n_electrons: N of the target densities.
       config: ED settings.
@@ -164,6 +165,7 @@ def check(
     Returns:
       CheckResult.
     """
+    apply, variables = proposer
     target = jnp.asarray(target, dtype=config.dtype)
     if target.ndim != 3:
         raise ValueError(f"target must have shape (batch, grid, grid), got {target.shape}")
@@ -171,7 +173,8 @@ def check(
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold is a charge fraction in [0, 1], got {threshold}")
     mm = None if mean_map is None else jnp.asarray(mean_map, dtype=config.dtype)
-    return _check_graph(propose, target, int(n_electrons), config, tuple(float(b) for b in bounds), float(threshold), mm)
+    bounds = tuple(float(b) for b in bounds)
+    return _check_graph(apply, variables, target, int(n_electrons), config, bounds, float(threshold), mm)
 
 
 class RefineResult(NamedTuple):

@@ -1,7 +1,5 @@
 """Inverse design: ED-verified proposals and gradient refinement through the ED."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +19,7 @@ def pair():
 
 
 def _return_potential(V, density):
+    # An oracle "generator" whose variables are the potential it proposes.
     return jnp.asarray(V)
 
 
@@ -28,11 +27,11 @@ def test_check_accepts_the_true_potential_and_rejects_a_wrong_one(pair):
     # Oracle proposals: the potential that made the target reproduces it exactly (displaced
     # charge 0, SSIM 1); a flat potential spreads the charge over the box and is rejected.
     V, target = pair
-    good = inverse.check(functools.partial(_return_potential, V), target, 2, SMALL)
+    good = inverse.check((_return_potential, V), target, 2, SMALL)
     np.testing.assert_allclose(good.scores["displaced_charge"], 0.0, atol=1e-10)
     np.testing.assert_allclose(good.scores["ssim"], 1.0, atol=1e-10)
     assert bool(jnp.all(good.accepted))
-    flat = inverse.check(functools.partial(_return_potential, np.full_like(V, 0.25)), target, 2, SMALL)
+    flat = inverse.check((_return_potential, np.full_like(V, 0.25)), target, 2, SMALL)
     assert not bool(jnp.any(flat.accepted))
     assert float(jnp.min(flat.scores["displaced_charge"])) > 0.05
 
@@ -97,6 +96,6 @@ def test_invalid_inputs(pair):
     with pytest.raises(ValueError, match="steps"):
         inverse.refine(V, target, 2, SMALL, steps=-1)
     with pytest.raises(ValueError, match="n_electrons"):
-        inverse.check(functools.partial(_return_potential, V), target, 0, SMALL)
+        inverse.check((_return_potential, V), target, 0, SMALL)
     with pytest.raises(ValueError, match="threshold"):
-        inverse.check(functools.partial(_return_potential, V), target, 2, SMALL, threshold=2.0)
+        inverse.check((_return_potential, V), target, 2, SMALL, threshold=2.0)
