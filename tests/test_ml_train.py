@@ -310,3 +310,22 @@ def test_fit_refuses_mismatched_resume(data, tmp_path):
         train.fit(CFG, xt[:, :32], yt, xv, yv, key=1, steps=2, progress=False)
     with pytest.raises(ValueError, match="at least 2"):
         train.fit(CFG, xt, yt, xv[:1], yv[:1], key=1, steps=2, progress=False)
+
+
+def test_fit_on_eval_records_extra_values(tmp_path):
+    # The callback runs at every evaluation and its values land in the history (and survive
+    # a resume, since the history is checkpointed).
+    from qdjax.ml import models, train
+    gen = models.GeneratorConfig(image_size=16, filters=(4, 4, 4, 4))
+    cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("pixel1", (4, 4, 4, 4)))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16)).astype(np.float32)
+    calls = []
+    def on_eval(state):
+        calls.append(int(state.step))
+        return {"step_seen": int(state.step)}
+    r = train.fit(cfg, x, -x, x, -x, steps=4, key=0, eval_every=2, progress=False, on_eval=on_eval,
+                  checkpoint_dir=str(tmp_path / "c"))
+    assert calls == [2, 4] and r.history["step_seen"] == [2, 4]
+    r2 = train.fit(cfg, x, -x, x, -x, steps=6, key=0, eval_every=2, progress=False, on_eval=on_eval,
+                   checkpoint_dir=str(tmp_path / "c"))
+    assert r2.history["step_seen"] == [2, 4, 6]

@@ -223,7 +223,8 @@ class Checkpointer:
           state: `TrainState` with ``state.config == self.config``.
           key: the run's base PRNG key (typed key or raw uint32 (2,) data).
           val_r2: validation R^2 at this step (ranks checkpoints; non-finite ranks last).
-          history: dict of lists as built by `fit` (numeric values only).
+          history: dict of lists of numbers as built by `fit` (extra names are stored as
+            float64).
           metadata: JSON-serialisable dict stored alongside.
         Raises:
           ValueError: config mismatch, or a checkpoint for this step exists already.
@@ -246,10 +247,12 @@ class Checkpointer:
         r2_json = r2 if math.isfinite(r2) else None
         hist = {}
         for name, values in (history or {}).items():
-            if name not in _HISTORY_DTYPES:
-                raise ValueError(f"unknown history entry {name!r}; expected names in {sorted(_HISTORY_DTYPES)}")
+            # Entries beyond the built-in ones (e.g. from fit's on_eval) are stored as float64.
             if len(values):  # Orbax refuses zero-size arrays; missing entries restore as []
-                hist[name] = np.asarray(values, _HISTORY_DTYPES[name])
+                arr = np.asarray(values, _HISTORY_DTYPES.get(name, np.float64))
+                if arr.ndim != 1:
+                    raise ValueError(f"history entry {name!r} must be a list of numbers")
+                hist[name] = arr
         meta = {
             "format": FORMAT,
             "config": self.config.to_dict(),

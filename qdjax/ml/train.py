@@ -540,6 +540,7 @@ def fit(
     symmetrize_eval: bool = False,
     metadata: dict | None = None,
     progress: bool = True,
+    on_eval: Callable[[TrainState], dict] | None = None,
 ) -> FitResult:
     """Trains pix2pix on in-memory image pairs, evaluating R^2 on a validation set.
 
@@ -562,6 +563,8 @@ def fit(
       symmetrize_eval: validate with the D4-averaged generator (`predict(..., symmetrize=True)`).
       metadata: JSON-serialisable dict stored in each checkpoint (e.g. scalers' dicts).
       progress: show a tqdm progress bar.
+      on_eval: optional function of the state called at every evaluation; it returns a dict
+        of JSON-serialisable values (e.g. test-set R^2) appended to ``history[name]``.
     Returns:
       `FitResult` (state, history, best_step). R^2 is `qdjax.metrics.r2` with the per-pixel
       mean map of the validation targets (the set being scored); it is the same on [-1, 1]
@@ -642,6 +645,9 @@ def fit(
                 r2 = _set_r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
                 history["val_step"].append(done)
                 history["val_r2"].append(r2)
+                if on_eval is not None:
+                    for name, value in on_eval(state).items():
+                        history.setdefault(name, []).append(value)
                 bar.set_postfix(
                     g_l1=f"{history['g_l1'][-1]:.4f}", d_loss=f"{history['d_loss'][-1]:.3f}", val_r2=f"{r2:.4f}"
                 )
