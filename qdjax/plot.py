@@ -110,6 +110,7 @@ def curves(
     path: str | pathlib.Path,
     title: str | None = None,
     logy: bool = False,
+    legend: bool = True,
 ) -> pathlib.Path:
     """Line plot of label -> (x, y) series, saved as PNG (losses, R^2 or SSIM vs step)."""
     plt = _pyplot()
@@ -122,7 +123,8 @@ def curves(
         ax.set_yscale("log")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = pathlib.Path(path)

@@ -1,0 +1,206 @@
+"""One training experiment: a mapping trained, monitored, restored at its best and scored.
+
+`run_mapping` is what `examples/train_pix2pix.py`, `examples/pipeline.py` and `qdjax train`
+call. It trains pix2pix on one mapping (qdjax.ml.evaluate.MAPPINGS) for one electron number,
+records at every evaluation the R^2 on training (a fixed subset), validation and test images
+with the training-set mean map (paper Fig. 7a) and the SSIM of up to 30 test images (Fig. 5),
+keeps the checkpoint with the best validation R^2 (the paper's stopping criterion), restores it,
+scores the test split (standard and paper-convention metrics) and writes the figures:
+
+- ``mapping.png``: input, target, prediction and |error| for test images (Figs. 3, A.1, A.2);
+- ``losses.png``: generator and discriminator losses vs step (Fig. 4);
+- ``r2.png``: R^2 vs step for the three splits (Fig. 7a);
+- ``ssim.png``: SSIM of the monitored test images vs step (Fig. 5);
+- ``worst.png``: the worst 5% of test images by R^2 (Fig. A.4);
+- ``metrics.json``: everything above as numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from qdjax import plot
+from qdjax.ml import evaluate, train
+from qdjax.ml.models import Pix2PixConfig
+
+SPLITS = ("train", "validation", "test")
+UNITS = {"V": "eV", "n0": "nm$^{-2}$", "n_int": "nm$^{-2}$"}
+
+
+class MappingRun(NamedTuple):
+    """Result of `run_mapping`.
+
+    state: TrainState restored at the best validation R^2.
+    scalers: evaluate.Scalers of the mapping.
+    history: training history (losses per step, R^2 and SSIM per evaluation).
+    best_step: step of the restored checkpoint.
+    test_prediction: (n_test, grid, grid) prediction in physical units.
+    scores: per-image and set-level test scores (evaluate.score).
+    summary: JSON-ready dict written to metrics.json.
+    out_dir: folder with checkpoints, figures and metrics.json.
+    """
+
+    state: train.TrainState
+    scalers: evaluate.Scalers
+    history: dict
+    best_step: int
+    test_prediction: np.ndarray
+    scores: dict
+    summary: dict
+    out_dir: pathlib.Path
+
+
+def _check_splits(splits: Mapping, src: str, dst: str) -> None:
+    for split in SPLITS:
+        if split not in splits:
+            raise ValueError(f"splits needs a {split!r} entry, got {sorted(splits)}")
+        for q in (src, dst):
+            if q not in splits[split]:
+                raise ValueError(f"split {split!r} has no {q!r} images")
+        if len(splits[split][src]) < 2:
+            raise ValueError(f"split {split!r} needs at least 2 samples, got {len(splits[split][src])}")
+
+
+def run_mapping(
+    splits: Mapping[str, Mapping[str, np.ndarray]],
+    mapping: str,
+    config: Pix2PixConfig,
+    *,
+    steps: int,
+    out_dir: str | pathlib.Path,
+    key: int = 0,
+    eval_every: int = 200,
+    symmetrize: bool = False,
+    length_nm: float = 30.0,
+    monitor: int = 30,
+    train_monitor: int = 100,
+    progress: bool = True,
+) -> MappingRun:
+    """Train one mapping, monitor it, restore the best checkpoint and score the test split.
+
+    Args:
+      splits: {"train", "validation", "test"} -> {"V", "n0", "n_int"} -> (n, grid, grid)
+        physical images (eV, nm^-2) for one electron number.
+      mapping: one of qdjax.ml.evaluate.MAPPINGS ("V->n_int", ...).
+      config: Pix2PixConfig.
+      steps: training steps (a rerun with the same out_dir resumes).
+      out_dir: folder for checkpoints/, figures and metrics.json.
+      key: integer seed of initialisation, data order and augmentation.
+      eval_every: steps between evaluations (and checkpoints).
+      symmetrize: evaluate and predict with the D4-averaged generator.
+      length_nm: box side, for figure axes.
+      monitor: number of test images whose SSIM is followed during training.
+      train_monitor: number of training images used for the training-set R^2 curve.
+      progress: progress bar.
+
+    Returns:
+      MappingRun.
+    """
+    src, dst = evaluate.check_mapping(mapping)
+    _check_splits(splits, src, dst)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_in, train_out = (np.asarray(splits["train"][q], np.float64) for q in (src, dst))
+    scalers = evaluate.fit_scalers(mapping, train_in, train_out)
+    train_mean = train_out.mean(axis=0)
+    unit = lambda s, q: scalers.inputs.to_unit(np.asarray(splits[s][q], np.float64)).astype(np.float32)
+    xt, yt = unit("train", src), scalers.targets.to_unit(train_out).astype(np.float32)
+    xv = unit("validation", src)
+    yv = scalers.targets.to_unit(np.asarray(splits["validation"][dst], np.float64)).astype(np.float32)
+    test_in = np.asarray(splits["test"][src], np.float64)
+    test_out = np.asarray(splits["test"][dst], np.float64)
+    sub = np.linspace(0, len(train_in) - 1, min(train_monitor, len(train_in))).astype(int)
+    watched = np.arange(min(monitor, len(test_in)))
+    data_range = scalers.targets.hi - scalers.targets.lo
+
+    def on_eval(state):
+        values = {}
+        for name, x, ref in (
+            ("r2_train", train_in[sub], train_out[sub]),
+            ("r2_validation", splits["validation"][src], splits["validation"][dst]),
+            ("r2_test", test_in, test_out),
+        ):
+            pred = evaluate.predict_physical(state, x, scalers, symmetrize)
+            values[name] = float(evaluate.metrics.r2(pred, np.asarray(ref, np.float64), train_mean))
+            if name == "r2_test":
+                ssim = np.asarray(evaluate.metrics.ssim(pred[watched], test_out[watched], data_range))
+                values.update({f"ssim_test_{i:02d}": float(v) for i, v in enumerate(ssim)})
+        return values
+
+    meta = {"mapping": mapping, "scalers": scalers.to_dict()}
+    fit = train.fit(
+        config, xt, yt, xv, yv, steps=steps, key=key, eval_every=eval_every,
+        checkpoint_dir=str(out / "checkpoints"), symmetrize_eval=symmetrize, metadata=meta,
+        progress=progress, on_eval=on_eval,
+    )
+    from qdjax.ml import checkpoint
+
+    best = checkpoint.load_state(out / "checkpoints", "best")
+    prediction = evaluate.predict_physical(best.state, test_in, scalers, symmetrize)
+    scores = evaluate.score(prediction, test_out, scalers.targets, train_mean)
+    worst = evaluate.worst(scores, 0.05, "r2_sample")
+    summary = {
+        "mapping": mapping,
+        "steps": steps,
+        "best_step": best.step,
+        "symmetrize": symmetrize,
+        "n_train": len(train_in),
+        "n_validation": len(splits["validation"][src]),
+        "n_test": len(test_in),
+        "scalers": scalers.to_dict(),
+        "test": evaluate.aggregate(scores),
+        "worst_5_percent": [
+            {"index": int(i), **{k: float(scores[k][i]) for k in ("r2_sample", "ssim", "l1", "linf")}} for i in worst
+        ],
+        "config": config.to_dict(),
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm)
+    return MappingRun(best.state, scalers, fit.history, best.step, prediction, scores, summary, out)
+
+
+def write_figures(history, inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3) -> None:
+    """The figures listed in the module docstring, into folder `out`."""
+    src, dst = evaluate.check_mapping(mapping)
+    u_in, u_out = UNITS[src], UNITS[dst]
+    grid_rows = [
+        [
+            (f"input {src} #{i}", inputs[i], u_in),
+            (f"target {dst}", targets[i], u_out),
+            (f"predicted {dst}", prediction[i], u_out),
+            ("|error|", np.abs(prediction[i] - targets[i]), u_out),
+        ]
+        for i in range(min(rows, len(inputs)))
+    ]
+    plot.image_grid(grid_rows, length_nm, out / "mapping.png", title=f"{mapping}: test images")
+    worst = evaluate.worst(scores, 0.05, "r2_sample")
+    worst_rows = [
+        [
+            (f"input #{i}", inputs[i], u_in),
+            (f"target (R2={scores['r2_sample'][i]:.3f})", targets[i], u_out),
+            (f"predicted (SSIM={scores['ssim'][i]:.3f})", prediction[i], u_out),
+            ("|error|", np.abs(prediction[i] - targets[i]), u_out),
+        ]
+        for i in worst
+    ]
+    plot.image_grid(worst_rows, length_nm, out / "worst.png", title=f"{mapping}: worst 5% of test images by R^2")
+    steps = np.asarray(history["step"])
+    plot.curves(
+        {name: (steps, np.asarray(history[name])) for name in ("g_gan", "g_l1", "d_loss")},
+        "step", "loss", out / "losses.png", title=f"{mapping}: losses",
+    )
+    evals = np.asarray(history["val_step"])
+    plot.curves(
+        {s: (evals, np.asarray(history[f"r2_{s}"])) for s in SPLITS if f"r2_{s}" in history},
+        "step", "R$^2$ (training-set mean map)", out / "r2.png", title=f"{mapping}: R$^2$ vs step",
+    )
+    ssim_names = sorted(k for k in history if k.startswith("ssim_test_"))
+    if ssim_names:
+        plot.curves(
+            {k.removeprefix("ssim_test_"): (evals, np.asarray(history[k])) for k in ssim_names},
+            "step", "SSIM", out / "ssim.png", title=f"{mapping}: SSIM of test images", legend=False,
+        )
