@@ -204,3 +204,186 @@ def write_figures(history, inputs, targets, prediction, scores, mapping, out, le
             {k.removeprefix("ssim_test_"): (evals, np.asarray(history[k])) for k in ssim_names},
             "step", "SSIM", out / "ssim.png", title=f"{mapping}: SSIM of test images", legend=False,
         )
+
+
+def splits_from_dataset(path: str | pathlib.Path, n_electrons: int) -> dict:
+    """{"train", "validation", "test"} -> {"V", "n0", "n_int"} images of one N from a dataset.
+
+    Args:
+      path: dataset folder (qdjax.data format; checksums verified).
+      n_electrons: N to select.
+
+    Returns:
+      dict of dicts of arrays (n, grid, grid): V in eV, n0 and n_int in nm^-2.
+    """
+    from qdjax import data
+
+    out = {}
+    for split in SPLITS:
+        ds = data.load(path, split, n_electrons=n_electrons)
+        out[split] = {"V": ds.V, "n0": ds.n0, "n_int": ds.n_int}
+    return out
+
+
+class InverseRun(NamedTuple):
+    """Result of `run_inverse` (arrays over the checked test samples).
+
+    check: qdjax.inverse.CheckResult of the generator proposals.
+    refined: qdjax.inverse.RefineResult, or None when no refinement was asked for.
+    potential_r2: R^2 of the proposed potentials against the true ones (training mean map).
+    summary: JSON-ready dict (also written to inverse.json).
+    """
+
+    check: object
+    refined: object
+    potential_r2: float
+    summary: dict
+
+
+def run_inverse(
+    run: MappingRun,
+    splits: Mapping,
+    n_electrons: int,
+    ed_config,
+    *,
+    out_dir: str | pathlib.Path,
+    samples: int | None = None,
+    refine_samples: int = 0,
+    refine_steps: int = 100,
+    symmetrize: bool = False,
+    progress: bool = True,
+) -> InverseRun:
+    """Inverse design on the test split: generator proposals checked by ED, then refinement.
+
+    Args:
+      run: a trained "n_int->V" MappingRun.
+      splits: as for `run_mapping` (the test split is used; the training mean maps enter R^2).
+      n_electrons: N of the densities.
+      ed_config: qdjax.EDConfig of the dataset.
+      out_dir: folder for inverse.json and the figures inverse.png (paper Fig. 10) and
+        refine.png (before/after refinement).
+      samples: number of test samples checked (default all).
+      refine_samples: number of them refined by gradients through the ED (0: none).
+      refine_steps: maximum refinement steps.
+      symmetrize: use the D4-averaged generator.
+      progress: progress bar for the refinement.
+
+    Returns:
+      InverseRun.
+    """
+    import time
+
+    from qdjax import inverse
+
+    if run.summary["mapping"] != "n_int->V":
+        raise ValueError(f"run_inverse needs an n_int->V run, got {run.summary['mapping']!r}")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = splits["test"]
+    count = len(test["n_int"]) if samples is None else min(samples, len(test["n_int"]))
+    target = np.asarray(test["n_int"][:count], np.float64)
+    true_V = np.asarray(test["V"][:count], np.float64)
+    density_mean = np.asarray(splits["train"]["n_int"], np.float64).mean(axis=0)
+    potential_mean = np.asarray(splits["train"]["V"], np.float64).mean(axis=0)
+    proposer = evaluate.generator_function(run.state, run.scalers, symmetrize)
+    inverse.check(proposer, target[:1], n_electrons, ed_config)  # compile outside the timing
+    start = time.perf_counter()
+    checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=density_mean)
+    checked.potential.block_until_ready()
+    check_seconds = time.perf_counter() - start
+    potential_r2 = float(evaluate.metrics.r2(checked.potential, true_V, potential_mean))
+    summary = {
+        "n_electrons": n_electrons,
+        "samples": count,
+        "generator": {
+            "density_r2": float(checked.scores["r2"]),
+            "potential_r2": potential_r2,
+            "accepted": int(np.sum(checked.accepted)),
+            "displaced_charge_median": float(np.median(checked.scores["displaced_charge"])),
+            "ssim_mean": float(np.mean(checked.scores["ssim"])),
+            "l1_mean": float(np.mean(checked.scores["l1"])),
+            "seconds_per_sample": check_seconds / count,
+        },
+        "acceptance_threshold_displaced_charge": inverse.ACCEPT_CHARGE,
+    }
+    refined = None
+    rows = [
+        [
+            ("V (true)", true_V[i], "eV"),
+            ("n_int (target)", target[i], "nm$^{-2}$"),
+            ("generated V", np.asarray(checked.potential[i]), "eV"),
+            ("recomputed n", np.asarray(checked.density[i]), "nm$^{-2}$"),
+        ]
+        for i in range(min(3, count))
+    ]
+    plot.image_grid(rows, ed_config.length_nm, out / "inverse.png", title="inverse problem: n_int -> V, checked by ED")
+    if refine_samples > 0:
+        m = min(refine_samples, count)
+        start = time.perf_counter()
+        refined = inverse.refine(checked.potential[:m], target[:m], n_electrons, ed_config, steps=refine_steps, progress=progress)
+        refine_seconds = time.perf_counter() - start
+        before = inverse.scores(checked.density[:m], target[:m], n_electrons, ed_config, density_mean)
+        after = inverse.scores(refined.density, target[:m], n_electrons, ed_config, density_mean)
+        summary["refinement"] = {
+            "samples": m,
+            "steps": refined.steps,
+            "density_r2_before": float(before["r2"]),
+            "density_r2_after": float(after["r2"]),
+            "potential_r2_after": float(evaluate.metrics.r2(refined.potential, true_V[:m], potential_mean)),
+            "displaced_charge_median_before": float(np.median(before["displaced_charge"])),
+            "displaced_charge_median_after": float(np.median(after["displaced_charge"])),
+            "converged": int(np.sum(refined.converged)),
+            "seconds_per_sample": refine_seconds / m,
+        }
+        rows = [
+            [
+                ("n_int (target)", target[i], "nm$^{-2}$"),
+                ("generated V", np.asarray(checked.potential[i]), "eV"),
+                ("its density", np.asarray(checked.density[i]), "nm$^{-2}$"),
+                ("refined V", np.asarray(refined.potential[i]), "eV"),
+                ("its density", np.asarray(refined.density[i]), "nm$^{-2}$"),
+            ]
+            for i in range(min(3, m))
+        ]
+        plot.image_grid(rows, ed_config.length_nm, out / "refine.png", title="gradient refinement through the ED")
+    (out / "inverse.json").write_text(json.dumps(summary, indent=2))
+    return InverseRun(checked, refined, potential_r2, summary)
+
+
+def pix2pix_config(
+    widths: str = "authors",
+    discriminator: str = "image70",
+    batch_size: int = 1,
+    learning_rate: float = 1e-4,
+    d4: bool = False,
+    jitter_resize: int = 64,
+    image_size: int = 64,
+) -> Pix2PixConfig:
+    """A Pix2PixConfig from the few choices the examples and the command line expose.
+
+    Args:
+      widths: "authors" (generator 16..128, discriminator 16..128, the authors' public code)
+        or "pix2pix" (64..512, the original pix2pix).
+      discriminator: preset name of qdjax.ml.models.DISCRIMINATOR_PRESETS (patch size:
+        image70, patch34, patch16, patch7, patch4, pixel1).
+      batch_size, learning_rate: as in Pix2PixConfig (paper: 1, 1e-4).
+      d4: random symmetry-of-the-square augmentation (exact for these maps).
+      jitter_resize: random jitter size (image_size: none, the paper's best).
+      image_size: image side in pixels (the ED grid).
+    """
+    from qdjax.ml import models
+
+    if widths not in ("authors", "pix2pix"):
+        raise ValueError(f"widths must be 'authors' or 'pix2pix', got {widths!r}")
+    gen_filters = models.AUTHORS_GENERATOR_FILTERS if widths == "authors" else models.PIX2PIX_GENERATOR_FILTERS
+    disc_widths = models.AUTHORS_DISCRIMINATOR_WIDTHS if widths == "authors" else models.PIX2PIX_DISCRIMINATOR_WIDTHS
+    depth = int(np.log2(image_size))
+    gen_filters = tuple(gen_filters[:depth]) + (gen_filters[-1],) * max(0, depth - len(gen_filters))
+    return Pix2PixConfig(
+        generator=models.GeneratorConfig(image_size=image_size, filters=gen_filters),
+        discriminator=models.DiscriminatorConfig.preset(discriminator, disc_widths),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        random_d4=d4,
+        jitter_resize=jitter_resize if jitter_resize != 64 else image_size,
+    )
