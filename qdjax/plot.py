@@ -21,6 +21,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """Lay out, write as PNG (creating parent folders) and close a figure."""
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def show_map(ax, image: np.ndarray, length_nm: float, title: str, unit: str, cmap: str = "viridis"):
     """Draw one (grid, grid) map on `ax` with axes in nm and a colour bar in `unit`."""
     extent = (0.0, length_nm, 0.0, length_nm)
@@ -61,12 +71,7 @@ def potential_and_densities(
         show_map(ax, n, length_nm, label, "nm$^{-2}$")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def image_grid(
@@ -95,12 +100,7 @@ def image_grid(
             show_map(ax, image, length_nm, label, unit, cmap=cmap)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curves(
@@ -126,9 +126,4 @@ def curves(
     if legend:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
