@@ -1,0 +1,113 @@
+"""The qdjax command line: help texts, EDConfig flags, generate + info end to end, one-line errors."""
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qdjax
+from qdjax import cli, data
+
+TINY = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(capsys, command):
+    """The captured stderr, checked to be one line 'qdjax <command>: error: ...' without a traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"qdjax {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["generate", "info"]),
+    (["generate"], ["--samples", "--n-electrons", "--seed", "--chunk-size", "--batch-size", "--out", "--splits",
+                    "--grid", "--basis", "--orbitals", "--length", "--m-eff", "--eps-r", "--density-mode",
+                    "--dtype", "--process-index", "--merge"]),
+    (["info"], ["dataset", "--verify"]),
+])  # fmt: skip
+def test_help_of_every_command(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + ["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out, word
+
+
+def test_every_edconfig_field_has_a_flag():
+    parser = cli.build_parser()
+    generate = parser._subparsers._group_actions[0].choices["generate"]
+    flags = {s for a in generate._actions for s in a.option_strings}
+    for field in dataclasses.fields(qdjax.EDConfig):
+        assert "--" + field.name.replace("_", "-") in flags, field.name
+    args = parser.parse_args(["generate", "--out", "x", "--eps-r", "inf", "--grid", "20", "--length", "40",
+                              "--density-mode", "diagonal", "--dtype", "float32"])  # fmt: skip
+    expected = qdjax.EDConfig(eps_r=math.inf, grid=20, length_nm=40.0, density_mode="diagonal", dtype="float32")
+    assert cli.config_from_args(args) == expected
+    assert cli.config_from_args(parser.parse_args(["generate", "--out", "x"])) == qdjax.EDConfig()
+
+
+def test_generate_then_info(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["generate", "--out", str(out), "--samples", "4", "--chunk-size", "2", "--seed", "7", "--batch-size", "1",
+            *TINY]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert str(out.resolve()) in captured.out and "complete" in captured.out  # where the data went
+    assert "sample/s" in captured.err or "s/sample" in captured.err  # the progress bar's rate
+    ds = data.load(out)
+    assert ds.n_int.shape == (4, 4, 16, 16) and ds.n_electrons.tolist() == [1, 2, 3, 4]
+    # Running the same command again finds nothing to do.
+    assert cli.main(argv + ["--no-progress"]) == 0
+    assert cli.main(["info", str(out), "--verify"]) == 0
+    info = capsys.readouterr().out
+    assert f"qdjax {qdjax.__version__}" in info and "devices:" in info and "default EDConfig" in info
+    assert "4 samples" in info and "2 of 2 (complete)" in info and "all 2 chunks verified" in info
+
+    # A different seed into the same folder: refused, one line, exit status 1.
+    assert cli.main(["generate", "--out", str(out), "--samples", "4", "--chunk-size", "2", "--seed", "8", *TINY]) == 1
+    assert "seed: 7 there, 8 here" in one_line_error(capsys, "generate")
+
+    # A damaged chunk: info --verify and loading name it.
+    chunk = out / "chunk-00001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:-10] + b"0123456789")
+    assert cli.main(["info", str(out), "--verify"]) == 1
+    assert "damaged chunks [1]" in one_line_error(capsys, "info")
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--grid", "0"], "grid"),
+    (["--n-electrons", "0"], "n_electrons"),
+    (["--samples", "0"], "n_samples"),
+    (["--density-mode", "full"], "density_mode"),
+    (["--splits", "1", "1", "1"], "splits"),
+])  # fmt: skip
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys, extra, word):
+    assert cli.main(["generate", "--out", str(tmp_path / "x"), "--samples", "5", *extra]) == 1
+    assert word in one_line_error(capsys, "generate")
+
+
+def test_argparse_errors_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["generate"])  # --out missing
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["generate", "--out", "x", "--grid", "many"])
+    assert exit_.value.code == 2
+
+
+def test_console_command_reports_user_errors_without_traceback(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    proc = subprocess.run([sys.executable, "-m", "qdjax.cli", "generate", "--out", str(tmp_path), *TINY],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("qdjax generate: error: ") and "not empty" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written into the folder

@@ -1,0 +1,301 @@
+"""qdjax.data: samples against direct ED calls, bit-identical resumption after SIGKILL,
+refusal of mismatched folders, damaged chunks, splits, several devices and processes.
+
+All datasets use a small configuration (grid 16, basis 8, 4 orbitals) and batch size 1, so
+every in-process run shares one compiled ED program.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qdjax
+from qdjax import data, ed, potentials
+
+CFG = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
+NS = (1, 2, 3, 4)
+SEED = 7
+N_SAMPLES = 8  # chunks of 3: 3 + 3 + 2 samples, the last one partial
+KW = dict(n_electrons=NS, config=CFG, seed=SEED, chunk_size=3, batch_size=1, splits=(6, 1, 1), progress=False)
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
+
+
+def files(folder):
+    """File name -> bytes of every dataset file (lock files excluded)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if not p.name.endswith(".lock")}
+
+
+def run_python(code, env_extra=None, timeout=300):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted single-process, single-device run: the reference every test compares with."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = data.generate(folder, N_SAMPLES, **KW)
+    assert result.complete and result.computed == N_SAMPLES and result.n_chunks == 3
+    return folder
+
+
+@pytest.fixture
+def copy(reference, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(reference, folder)
+    return folder
+
+
+def test_sample_seeds_follow_the_documented_rule(reference):
+    # Expected values: the derivation written in the module docstring and docs/data.md.
+    expected = [int(np.random.SeedSequence([SEED, k]).generate_state(1, np.uint64)[0]) for k in range(N_SAMPLES)]
+    assert [data.sample_seed(SEED, k) for k in range(N_SAMPLES)] == expected
+    assert len(set(expected)) == N_SAMPLES
+    assert data.sample_seed(SEED + 1, 0) != expected[0]
+    ds = data.load(reference)
+    np.testing.assert_array_equal(ds.seed, np.array(expected, dtype=np.uint64))
+    np.testing.assert_array_equal(ds.index, np.arange(N_SAMPLES))
+
+
+def test_samples_equal_direct_ground_state_calls(reference):
+    ds = data.load(reference)
+    # Potentials: exactly qdjax.potentials.random_potential of each sample's seed.
+    V = np.stack([potentials.random_potential(int(s), CFG) for s in ds.seed])
+    np.testing.assert_array_equal(ds.V, V)
+    np.testing.assert_array_equal(ds.n_electrons, NS)
+    # Densities and energies: direct qdjax.ed.ground_state calls with the interaction on and off
+    # (config.non_interacting()). The reference solves all 8 maps in one vmapped call while the
+    # dataset solves them one by one; batched kernels may round differently, hence 1e-10.
+    for j, n in enumerate(NS):
+        for cfg, density, energy in ((CFG, ds.n_int, ds.energy_int), (CFG.non_interacting(), ds.n0, ds.energy0)):
+            gs = ed.ground_state(V, n, cfg)
+            np.testing.assert_allclose(density[:, j], gs.density, rtol=0, atol=1e-10 * float(np.max(gs.density)))
+            np.testing.assert_allclose(energy[:, j], gs.energy, rtol=1e-10)
+            np.testing.assert_allclose(ds.orbital_energies, gs.orbital_energies, rtol=1e-10)
+    # The two densities must differ (the interaction spreads the charge for N >= 2), so a swap of
+    # n0 and n_int could not pass the comparison above.
+    assert np.abs(ds.n_int[:, 1] - ds.n0[:, 1]).max() > 1e3 * 1e-10 * ds.n0.max()
+
+
+def test_a_sample_recomputed_alone_has_the_stored_bits(reference):
+    # With batch size 1 every sample is its own instance of the ED program, so a sample
+    # recomputed from its seed alone reproduces the stored arrays exactly.
+    ds = data.load(reference)
+    alone = data.compute_samples([ds.seed[4]], NS, CFG)
+    for key in ("V", "n0", "n_int", "energy0", "energy_int", "orbital_energies"):
+        np.testing.assert_array_equal(alone[key][0], getattr(ds, key)[4], err_msg=key)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    # 100 chunks of 2 samples, made by the `qdjax generate` command in a subprocess that is
+    # killed with SIGKILL as soon as the first chunk is recorded; then the same settings run again.
+    args = dict(KW, chunk_size=2, splits=None)
+    n = 200
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    command = [sys.executable, "-m", "qdjax.cli", "generate", "--out", str(killed), "--samples", str(n),
+               "--chunk-size", "2", "--seed", str(SEED), "--batch-size", "1", "--no-progress", *TINY_FLAGS]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = killed / "manifest.json"
+    deadline = time.monotonic() + 240
+    recorded = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            recorded = len(json.loads(manifest.read_text())["chunks"])
+        except (OSError, ValueError, KeyError):
+            recorded = 0
+        if recorded:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = len(json.loads(manifest.read_text())["chunks"])
+    assert 1 <= done < n // 2, f"{done} chunks recorded: the run was not interrupted"
+    with pytest.raises(data.DatasetError, match="not finished"):
+        data.load(killed)
+
+    resumed = data.generate(killed, n, **args)
+    assert resumed.complete and resumed.computed == n - 2 * done
+    data.generate(fresh, n, **args)
+    got, want = files(killed), files(fresh)
+    assert sorted(got) == sorted(want)  # no temporary files left behind
+    for name in want:
+        assert got[name] == want[name], name
+    a, b = data.load(killed), data.load(fresh)
+    for key in data.Dataset._fields:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+
+
+def test_leftovers_of_a_crash_are_ignored_or_redone(reference, copy):
+    # The states a kill can leave: a half-written temporary chunk, a chunk renamed into place
+    # but not yet in the manifest (here garbage), and a half-written temporary manifest.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["chunks"]["2"]
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (copy / "chunk-00002.npz").write_bytes(b"PK\x03\x04 truncated")
+    (copy / ".chunk-00001.npz.tmp").write_bytes(b"PK\x03\x04 half")
+    (copy / ".manifest.json.tmp").write_text('{"chunks": ')
+    with pytest.raises(data.DatasetError, match="chunk 2"):
+        data.load(copy)
+    assert data.load(copy, "train").index.tolist() == list(range(6))  # chunks 0 and 1 are intact
+    result = data.generate(copy, N_SAMPLES, **KW)
+    assert result.computed == 2  # chunk 2 only
+    assert files(copy) == files(reference)
+
+
+def test_a_folder_with_other_settings_is_refused(reference, copy):
+    before = files(copy)
+    with pytest.raises(data.DatasetError, match=r"seed: 7 there, 8 here"):
+        data.generate(copy, N_SAMPLES, **dict(KW, seed=8))
+    with pytest.raises(data.DatasetError, match=r"config\.grid: 16 there, 20 here"):
+        data.generate(copy, N_SAMPLES, **dict(KW, config=CFG.replace(grid=20)))
+    with pytest.raises(data.DatasetError, match=r"n_samples: 8 there, 9 here"):
+        data.generate(copy, 9, **dict(KW, splits=(7, 1, 1)))
+    with pytest.raises(data.DatasetError, match=r"batch_size: 1 there, 2 here"):
+        data.generate(copy, N_SAMPLES, **dict(KW, batch_size=2))
+    assert files(copy) == before  # nothing was written
+    other = copy.parent / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a dataset")
+    with pytest.raises(data.DatasetError, match="not empty"):
+        data.generate(other, N_SAMPLES, **KW)
+
+
+def test_a_damaged_chunk_is_named_and_recomputed(reference, copy):
+    chunk = copy / "chunk-00001.npz"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit inside the density data
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(data.DatasetError, match=r"chunk 1 \(.*chunk-00001\.npz\) is damaged"):
+        data.load(copy)
+    # Chunks not needed by a split are not read: validation and test live in chunk 2.
+    assert data.load(copy, "test").index.tolist() == [7]
+    assert data.describe(copy, verify=True)["damaged"] == [1]
+    (copy / "chunk-00000.npz").unlink()
+    with pytest.raises(data.DatasetError, match=r"chunk 0 \(.*chunk-00000\.npz\) is missing"):
+        data.load(copy)
+    assert data.generate(copy, N_SAMPLES, **KW).computed == 6  # both recomputed
+    assert files(copy) == files(reference)
+
+
+def test_splits_are_contiguous_index_ranges(reference):
+    # Paper: 5000 samples, 4800 for training, 100 for validation and 100 for testing.
+    assert data.default_splits(5000) == (4800, 100, 100)
+    full = data.load(reference)
+    parts = [data.load(reference, s) for s in data.SPLITS]
+    assert [p.index.tolist() for p in parts] == [list(range(6)), [6], [7]]
+    for key in ("V", "n0", "n_int", "energy0", "energy_int", "orbital_energies", "seed"):
+        np.testing.assert_array_equal(np.concatenate([getattr(p, key) for p in parts]), getattr(full, key))
+    three = data.load(reference, "train", n_electrons=3)
+    np.testing.assert_array_equal(three.n_int, full.n_int[:6, 2])
+    np.testing.assert_array_equal(three.energy0, full.energy0[:6, 2])
+    assert int(three.n_electrons) == 3
+    # Sum rule of every stored density: sum(n) h^2 = N.
+    h2 = CFG.pixel_nm**2
+    np.testing.assert_allclose(full.n_int.sum(axis=(-1, -2)) * h2, np.broadcast_to(NS, (N_SAMPLES, 4)), rtol=1e-10)
+    with pytest.raises(data.DatasetError, match="unknown split"):
+        data.load(reference, "training")
+
+
+def test_the_files_are_plain_numpy(reference):
+    # The format promise: np.load with allow_pickle=False reads every chunk, and the manifest's
+    # sha256 is that of the file (hashlib on the bytes, as `sha256sum` would give).
+    import hashlib
+
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["format"] == "qdjax-dataset" and manifest["format_version"] == 1
+    assert manifest["config"]["grid"] == 16 and manifest["n_electrons"] == list(NS)
+    for key, entry in manifest["chunks"].items():
+        raw = (reference / entry["file"]).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
+        with np.load(reference / entry["file"], allow_pickle=False) as npz:
+            assert sorted(npz.files) == sorted(data.ARRAY_KEYS)
+            assert npz["n0"].shape == (entry["stop"] - entry["start"], 4, 16, 16)
+            assert npz["index"][0] == int(key) * 3
+        assert entry["code"] == data.code_fingerprint()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds OpenBLAS through /proc/self/maps")
+def test_single_threaded_blas_sets_and_restores_the_thread_count():
+    import ctypes
+
+    import jax.numpy as jnp
+
+    jnp.linalg.eigh(jnp.eye(2))  # loads the LAPACK library of JAX's CPU kernels
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g, _ in data._OPENBLAS_THREAD_FUNCTIONS
+               if hasattr(ctypes.CDLL(p), g)]  # fmt: skip
+    if not getters:
+        pytest.skip("no OpenBLAS loaded")
+    before = [g() for g in getters]
+    with data.single_threaded_blas():
+        assert [g() for g in getters] == [1] * len(getters)
+    assert [g() for g in getters] == before
+
+
+def test_several_devices_give_the_same_bits(reference, tmp_path):
+    # Four simulated CPU devices (the flag must be set before JAX starts, hence a subprocess):
+    # each call is sharded over Mesh(4 devices, "batch"), one sample per device.
+    out = tmp_path / "four"
+    code = textwrap.dedent(f"""
+        import jax, qdjax
+        from qdjax import data
+        assert len(jax.local_devices()) == 4, jax.local_devices()
+        cfg = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
+        r = data.generate({str(out)!r}, {N_SAMPLES}, n_electrons={NS}, config=cfg, seed={SEED}, chunk_size=3,
+                          batch_size=1, splits=(6, 1, 1), progress=False)
+        assert r.complete
+    """)
+    proc = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert files(out) == files(reference)
+
+
+def test_processes_make_their_share_and_merge(reference, tmp_path):
+    # Simulated two-process run: process 1 makes chunk 1, process 0 chunks 0 and 2.
+    folder = tmp_path / "two"
+    r1 = data.generate(folder, N_SAMPLES, **KW, process_index=1, process_count=2)
+    assert (r1.computed, r1.chunks_done, r1.complete) == (3, 1, False)
+    with pytest.raises(data.DatasetError, match="not finished"):
+        data.load(folder)
+    r0 = data.generate(folder, N_SAMPLES, **KW, process_index=0, process_count=2)
+    assert (r0.computed, r0.chunks_done, r0.complete) == (5, 3, True)
+    assert sorted(p.name for p in folder.glob("manifest*.json")) == [
+        "manifest.process-0-of-2.json", "manifest.process-1-of-2.json"]  # fmt: skip
+    a, b = data.load(folder), data.load(reference)
+    for key in data.Dataset._fields:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    data.merge(folder)
+    assert files(folder) == files(reference)
+    # A single process continues a merged folder without recomputing anything.
+    assert data.generate(folder, N_SAMPLES, **KW).computed == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(splits=(5, 1, 1)), "add up"),
+        (dict(n_electrons=(1, 9)), r"1\.\.8"),
+        (dict(n_electrons=(2, 2)), "repeated"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(chunk_size=-1), "chunk_size"),
+        (dict(seed=-1), "seed"),
+        (dict(process_index=2, process_count=2), "process_index"),
+    ],
+)
+def test_invalid_arguments_are_rejected_before_any_work(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.generate(tmp_path / "x", N_SAMPLES, **dict(KW, **kwargs))
+    assert not (tmp_path / "x").exists()
