@@ -82,7 +82,7 @@ def main(argv=None):
 
     print(f"[5/5] inverse design: generated potentials checked by ED, {args.refine} refined by gradients")
     inv = experiment.run_inverse(
-        runs["n_int->V"], splits, n, config, out_dir=out / "inverse",
+        runs["n_int->V"].state, runs["n_int->V"].scalers, splits, n, config, out_dir=out / "inverse",
         refine_samples=args.refine, refine_steps=args.refine_steps, progress=progress,
     )
     g = inv.summary["generator"]

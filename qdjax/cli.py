@@ -1,7 +1,9 @@
 """The ``qdjax`` command line: ``qdjax <command> [options]``; ``qdjax <command> --help``.
 
-Commands: ``generate`` (ED training data, `qdjax.data.generate`) and ``info`` (versions,
-devices, default EDConfig, summary of a dataset folder).
+Commands: ``generate`` (ED training data, `qdjax.data.generate`), ``train`` and ``evaluate``
+(pix2pix, `qdjax.ml.experiment`), ``invert`` (inverse design checked by ED), ``bench`` (ED and
+training throughput), ``plot`` (potentials and densities) and ``info`` (versions, devices,
+default EDConfig, summary of a dataset folder).
 
 Adding a command: write ``_add_<name>(subparsers)``, which registers the subparser (with
 ``help=`` and ``description=``) and sets ``func`` to a function ``args -> exit status``, and
@@ -211,10 +213,223 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(subparsers) -> None:
+    from qdjax.ml.evaluate import MAPPINGS
+    from qdjax.ml.models import DISCRIMINATOR_PRESETS
+
+    p = subparsers.add_parser(
+        "train",
+        help="train pix2pix on one mapping of a dataset (resumable)",
+        description=(
+            "Train the pix2pix generator and discriminator on a mapping (V->n0, V->n_int, n0->n_int, n_int->V) "
+            "of a dataset made by qdjax generate, for one electron number. Checkpoints every --eval-every steps "
+            "(latest and best validation R^2 kept; running the same command again resumes the same trajectory), "
+            "then restores the best, scores the test split and writes metrics.json and figures into --out. "
+            "Paper settings (Table I): --batch 1 --lr 1e-4 --discriminator image70."
+        ),
+    )
+    p.add_argument("--data", required=True, help="dataset folder (qdjax generate)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.json, figures)")
+    p.add_argument("--mapping", choices=sorted(MAPPINGS), default="V->n_int", help="default: V->n_int")
+    p.add_argument("--n-electrons", type=int, default=2, metavar="N", help="electron number (default: 2)")
+    p.add_argument("--steps", type=int, default=5000, help="training steps (default: 5000)")
+    p.add_argument("--batch", type=int, default=8, help="images per step (default: 8; paper: 1)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4; paper: 1e-4)")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations/checkpoints (default: 500)")
+    p.add_argument("--widths", choices=["authors", "pix2pix"], default="authors",
+                   help="network widths: the authors' public code (16..128, default) or pix2pix (64..512)")  # fmt: skip
+    p.add_argument("--discriminator", choices=sorted(DISCRIMINATOR_PRESETS), default="image70",
+                   help="discriminator patch size preset (default: image70)")  # fmt: skip
+    p.add_argument("--d4", action="store_true", help="random symmetry-of-the-square augmentation (exact)")
+    p.add_argument("--symmetrize", action="store_true", help="evaluate with the D4-averaged generator")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from qdjax import data
+    from qdjax.ml import experiment
+
+    config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
+                                       image_size=data.config_from_manifest(data.read_manifest(args.data)).grid)  # fmt: skip
+    splits = experiment.splits_from_dataset(args.data, args.n_electrons)
+    run = experiment.run_mapping(
+        splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,
+        eval_every=args.eval_every, symmetrize=args.symmetrize, progress=not args.no_progress,
+        length_nm=data.config_from_manifest(data.read_manifest(args.data)).length_nm,
+    )
+    t = run.summary["test"]
+    print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "
+          f"SSIM {t['ssim_mean']:.4f}, L1 {t['l1_mean']:.3e}; results in {run.out_dir.resolve()}")  # fmt: skip
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a trained generator on a dataset split",
+        description=(
+            "Restore a checkpoint written by qdjax train (default: best validation R^2) and score it on a split "
+            "of any dataset in the qdjax format: L1, L2, Linf, SSIM, MSSIM and R^2 (training-split mean map of "
+            "that dataset) in physical units, and the paper authors' convention; writes metrics.json, "
+            "mapping.png and worst.png into --out."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test", help="default: test")
+    p.add_argument("--n-electrons", type=int, default=2, metavar="N", help="electron number (default: 2)")
+    p.add_argument("--step", default="best", help="checkpoint step: best (default), latest or a number")
+    p.add_argument("--symmetrize", action="store_true", help="predict with the D4-averaged generator")
+    p.add_argument("--out", required=True, help="folder for metrics.json and figures")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import pathlib
+
+    import numpy as np
+
+    from qdjax import data
+    from qdjax.ml import evaluate, experiment
+
+    step = int(args.step) if args.step.isdigit() else args.step
+    run = experiment.load_run(args.checkpoint, step)
+    src, dst = evaluate.check_mapping(run.mapping)
+    scored = data.load(args.data, args.split, n_electrons=args.n_electrons)
+    train_split = data.load(args.data, "train", n_electrons=args.n_electrons)
+    inputs, targets = getattr(scored, src), getattr(scored, dst)
+    if len(inputs) < 2:
+        raise ValueError(f"the {args.split} split has {len(inputs)} sample(s); scoring needs at least 2")
+    mean_map = np.asarray(getattr(train_split, dst) if len(train_split.V) else targets).mean(axis=0)
+    prediction = evaluate.predict_physical(run.state, inputs, run.scalers, args.symmetrize)
+    scores = evaluate.score(prediction, targets, run.scalers.targets, mean_map)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"checkpoint": str(pathlib.Path(args.checkpoint).resolve()), "step": run.step, "mapping": run.mapping,
+               "data": str(pathlib.Path(args.data).resolve()), "split": args.split, "n_electrons": args.n_electrons,
+               "samples": len(inputs), "symmetrize": args.symmetrize, "scores": evaluate.aggregate(scores)}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    length = data.config_from_manifest(data.read_manifest(args.data)).length_nm
+    experiment.write_image_figures(inputs, targets, prediction, scores, run.mapping, out, length)
+    a = summary["scores"]
+    print(f"qdjax evaluate: {run.mapping} on {args.split} ({len(inputs)} samples): R^2 {a['r2']:.4f}, "
+          f"SSIM {a['ssim_mean']:.4f}, MSSIM {a['mssim_mean']:.4f}, L1 {a['l1_mean']:.3e}, "
+          f"paper R^2 {a['paper_r2']:.4f}; written to {out.resolve()}")  # fmt: skip
+    return 0
+
+
+# ----------------------------------------------------------------------------- invert
+
+
+def _add_invert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "invert",
+        help="inverse design: potentials for target densities, checked by ED and refined",
+        description=(
+            "Run a trained n_int->V generator on the target densities of a dataset split, recompute the densities "
+            "of the generated potentials by ED in the same jitted graph, accept those that displace at most 5%% of "
+            "the charge, and optionally refine some by gradient descent through the ED. Writes inverse.json, "
+            "inverse.png (paper Fig. 10) and refine.png into --out."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder of an n_int->V run (RUN/checkpoints)")
+    p.add_argument("--data", required=True, help="dataset folder with the target densities")
+    p.add_argument("--n-electrons", type=int, default=2, metavar="N", help="electron number (default: 2)")
+    p.add_argument("--samples", type=int, default=None, help="test samples to check (default: all)")
+    p.add_argument("--refine", type=int, default=0, help="samples to refine by gradients (default: 0)")
+    p.add_argument("--refine-steps", type=int, default=100, help="maximum refinement steps (default: 100)")
+    p.add_argument("--symmetrize", action="store_true", help="use the D4-averaged generator")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_invert)
+
+
+def _run_invert(args: argparse.Namespace) -> int:
+    from qdjax import data
+    from qdjax.ml import experiment
+
+    run = experiment.load_run(args.checkpoint)
+    if run.mapping != "n_int->V":
+        raise ValueError(f"qdjax invert needs an n_int->V checkpoint, {args.checkpoint} holds {run.mapping}")
+    config = data.config_from_manifest(data.read_manifest(args.data))
+    splits = experiment.splits_from_dataset(args.data, args.n_electrons)
+    result = experiment.run_inverse(
+        run.state, run.scalers, splits, args.n_electrons, config, out_dir=args.out, samples=args.samples,
+        refine_samples=args.refine, refine_steps=args.refine_steps, symmetrize=args.symmetrize,
+        progress=not args.no_progress,
+    )
+    g = result.summary["generator"]
+    print(f"qdjax invert: {result.summary['samples']} densities: recomputed-density R^2 {g['density_r2']:.4f}, "
+          f"potential R^2 {g['potential_r2']:.4f}, accepted {g['accepted']}, {g['seconds_per_sample'] * 1e3:.1f} ms "
+          f"per sample")  # fmt: skip
+    if "refinement" in result.summary:
+        r = result.summary["refinement"]
+        print(f"qdjax invert: refined {r['samples']}: density R^2 {r['density_r2_before']:.4f} -> "
+              f"{r['density_r2_after']:.4f} in {r['steps']} steps")  # fmt: skip
+    print(f"qdjax invert: written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _add_plot(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="figures of a random potential or a dataset sample with its densities",
+        description=(
+            "Draw a potential and its ground-state densities (paper Figs. 1 and 9): either sample --index of a "
+            "dataset (stored densities, no ED), or the random potential of --seed solved by ED for --n-electrons."
+        ),
+    )
+    p.add_argument("--data", default=None, help="dataset folder (plot a stored sample)")
+    p.add_argument("--index", type=int, default=0, help="sample index in the dataset (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random-potential seed when no --data (default: 0)")
+    p.add_argument("--n-electrons", type=int, nargs="+", default=[1, 2, 3, 4], metavar="N",
+                   help="electron numbers to solve when no --data (default: 1 2 3 4)")  # fmt: skip
+    p.add_argument("--out", required=True, help="PNG file to write")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qdjax import data, ed, plot, potentials
+
+    if args.data is not None:
+        manifest = data.read_manifest(args.data)
+        config = data.config_from_manifest(manifest)
+        ds = data.load(args.data)
+        if not 0 <= args.index < len(ds.V):
+            raise ValueError(f"--index must be in 0..{len(ds.V) - 1}, got {args.index}")
+        V = ds.V[args.index]
+        panels = {f"n_int, N={n}": ds.n_int[args.index, k] for k, n in enumerate(ds.n_electrons.tolist())}
+        title = f"{args.data}: sample {args.index}"
+    else:
+        config = config_from_args(args)
+        V = potentials.random_potential(args.seed, config)
+        states = ed.ground_states(V, tuple(args.n_electrons), config)
+        panels = {f"n_int, N={n}": np.asarray(s.density) for n, s in zip(args.n_electrons, states.interacting)}
+        title = f"random potential, seed {args.seed}"
+    path = plot.potential_and_densities(V, panels, config.length_nm, args.out, title=title)
+    print(f"qdjax plot: wrote {path.resolve()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 #: Functions registering the subcommands, in the order `qdjax --help` lists them.
-COMMANDS: list[Callable] = [_add_generate, _add_info]
+COMMANDS: list[Callable] = [_add_generate, _add_train, _add_evaluate, _add_invert, _add_plot, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

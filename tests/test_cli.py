@@ -25,7 +25,11 @@ def one_line_error(capsys, command):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ["generate", "info"]),
+    ([], ["generate", "train", "evaluate", "invert", "plot", "info"]),
+    (["train"], ["--data", "--mapping", "--steps", "--batch", "--discriminator", "--d4", "--symmetrize"]),
+    (["evaluate"], ["--checkpoint", "--split", "--step"]),
+    (["invert"], ["--checkpoint", "--refine", "--refine-steps"]),
+    (["plot"], ["--data", "--index", "--seed", "--grid"]),
     (["generate"], ["--samples", "--n-electrons", "--seed", "--chunk-size", "--batch-size", "--out", "--splits",
                     "--grid", "--basis", "--orbitals", "--length", "--m-eff", "--eps-r", "--density-mode",
                     "--dtype", "--process-index", "--merge"]),
@@ -111,3 +115,51 @@ def test_console_command_reports_user_errors_without_traceback(tmp_path):
     assert proc.stderr.startswith("qdjax generate: error: ") and "not empty" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written into the folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A 16-sample dataset on the 16-pixel test grid (12 / 2 / 2 split), N = 2."""
+    out = tmp_path_factory.mktemp("cli") / "ds"
+    argv = ["generate", "--out", str(out), "--samples", "16", "--splits", "12", "2", "2", "--n-electrons", "2",
+            "--chunk-size", "8", "--no-progress", *TINY]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
+    # Each subcommand runs on the tiny dataset and writes what its help promises.
+    for mapping, folder in (("V->n_int", "fwd"), ("n_int->V", "inv")):
+        argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / folder), "--mapping", mapping,
+                "--steps", "4", "--eval-every", "2", "--batch", "2", "--discriminator", "pixel1", "--no-progress"]
+        assert cli.main(argv) == 0
+        assert (tmp_path / folder / "metrics.json").exists()
+    assert "test R^2" in capsys.readouterr().out
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "fwd" / "checkpoints"), "--data", str(tiny_dataset),
+            "--split", "validation", "--out", str(tmp_path / "eval")]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "worst.png").exists()
+    argv = ["invert", "--checkpoint", str(tmp_path / "inv" / "checkpoints"), "--data", str(tiny_dataset),
+            "--refine", "1", "--refine-steps", "2", "--out", str(tmp_path / "invert"), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "invert" / "inverse.json").exists() and (tmp_path / "invert" / "refine.png").exists()
+    assert cli.main(["plot", "--data", str(tiny_dataset), "--index", "3", "--out", str(tmp_path / "s.png")]) == 0
+    assert cli.main(["plot", "--seed", "1", "--n-electrons", "1", *TINY, "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_invert_refuses_a_forward_checkpoint(tiny_dataset, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "fwd"), "--steps", "2", "--eval-every",
+            "2", "--discriminator", "pixel1", "--no-progress"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    argv = ["invert", "--checkpoint", str(tmp_path / "fwd" / "checkpoints"), "--data", str(tiny_dataset), "--out",
+            str(tmp_path / "x")]
+    assert cli.main(argv) == 1
+    assert "n_int->V" in one_line_error(capsys, "invert")
+
+
+def test_evaluate_without_checkpoint_is_a_user_error(tiny_dataset, tmp_path, capsys):
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(tiny_dataset), "--out", str(tmp_path)]
+    assert cli.main(argv) == 1
+    assert "no checkpoint" in one_line_error(capsys, "evaluate")

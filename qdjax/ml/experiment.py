@@ -165,29 +165,39 @@ def run_mapping(
 
 def write_figures(history, inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3) -> None:
     """The figures listed in the module docstring, into folder `out`."""
+    write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm, rows)
+    write_history_figures(history, mapping, out)
+
+
+def write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3) -> None:
+    """mapping.png (first `rows` images) and worst.png (worst 5% by R^2) into folder `out`.
+
+    Args:
+      inputs, targets, prediction: (n, grid, grid) physical images.
+      scores: from evaluate.score. mapping: mapping name. length_nm: box side for the axes.
+    """
     src, dst = evaluate.check_mapping(mapping)
     u_in, u_out = UNITS[src], UNITS[dst]
-    grid_rows = [
-        [
+
+    def row(i, target_label, predicted_label):
+        return [
             (f"input {src} #{i}", inputs[i], u_in),
-            (f"target {dst}", targets[i], u_out),
-            (f"predicted {dst}", prediction[i], u_out),
+            (target_label, targets[i], u_out),
+            (predicted_label, prediction[i], u_out),
             ("|error|", np.abs(prediction[i] - targets[i]), u_out),
         ]
-        for i in range(min(rows, len(inputs)))
+
+    first = [row(i, f"target {dst}", f"predicted {dst}") for i in range(min(rows, len(inputs)))]
+    plot.image_grid(first, length_nm, out / "mapping.png", title=f"{mapping}: test images")
+    worst = [
+        row(i, f"target (R2={scores['r2_sample'][i]:.3f})", f"predicted (SSIM={scores['ssim'][i]:.3f})")
+        for i in evaluate.worst(scores, 0.05, "r2_sample")
     ]
-    plot.image_grid(grid_rows, length_nm, out / "mapping.png", title=f"{mapping}: test images")
-    worst = evaluate.worst(scores, 0.05, "r2_sample")
-    worst_rows = [
-        [
-            (f"input #{i}", inputs[i], u_in),
-            (f"target (R2={scores['r2_sample'][i]:.3f})", targets[i], u_out),
-            (f"predicted (SSIM={scores['ssim'][i]:.3f})", prediction[i], u_out),
-            ("|error|", np.abs(prediction[i] - targets[i]), u_out),
-        ]
-        for i in worst
-    ]
-    plot.image_grid(worst_rows, length_nm, out / "worst.png", title=f"{mapping}: worst 5% of test images by R^2")
+    plot.image_grid(worst, length_nm, out / "worst.png", title=f"{mapping}: worst 5% of images by R^2")
+
+
+def write_history_figures(history, mapping, out) -> None:
+    """losses.png, r2.png and ssim.png from a training history into folder `out`."""
     steps = np.asarray(history["step"])
     plot.curves(
         {name: (steps, np.asarray(history[name])) for name in ("g_gan", "g_l1", "d_loss")},
@@ -241,7 +251,8 @@ class InverseRun(NamedTuple):
 
 
 def run_inverse(
-    run: MappingRun,
+    state: train.TrainState,
+    scalers: evaluate.Scalers,
     splits: Mapping,
     n_electrons: int,
     ed_config,
@@ -256,7 +267,8 @@ def run_inverse(
     """Inverse design on the test split: generator proposals checked by ED, then refinement.
 
     Args:
-      run: a trained "n_int->V" MappingRun.
+      state, scalers: a trained "n_int->V" generator and its scalers (`MappingRun.state`,
+        `MappingRun.scalers`, or a checkpoint restored with `load_run`).
       splits: as for `run_mapping` (the test split is used; the training mean maps enter R^2).
       n_electrons: N of the densities.
       ed_config: qdjax.EDConfig of the dataset.
@@ -275,8 +287,8 @@ def run_inverse(
 
     from qdjax import inverse
 
-    if run.summary["mapping"] != "n_int->V":
-        raise ValueError(f"run_inverse needs an n_int->V run, got {run.summary['mapping']!r}")
+    if scalers.inputs.unit != "nm^-2" or scalers.targets.unit != "eV":
+        raise ValueError("run_inverse needs an n_int -> V generator (density in, potential out)")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = splits["test"]
@@ -285,7 +297,7 @@ def run_inverse(
     true_V = np.asarray(test["V"][:count], np.float64)
     density_mean = np.asarray(splits["train"]["n_int"], np.float64).mean(axis=0)
     potential_mean = np.asarray(splits["train"]["V"], np.float64).mean(axis=0)
-    proposer = evaluate.generator_function(run.state, run.scalers, symmetrize)
+    proposer = evaluate.generator_function(state, scalers, symmetrize)
     inverse.check(proposer, target[:1], n_electrons, ed_config)  # compile outside the timing
     start = time.perf_counter()
     checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=density_mean)
@@ -387,3 +399,33 @@ def pix2pix_config(
         random_d4=d4,
         jitter_resize=jitter_resize if jitter_resize != 64 else image_size,
     )
+
+
+class LoadedRun(NamedTuple):
+    """A trained generator restored from a checkpoint folder written by `run_mapping`.
+
+    state: TrainState. scalers: evaluate.Scalers. mapping: mapping name. step: checkpoint step.
+    """
+
+    state: train.TrainState
+    scalers: evaluate.Scalers
+    mapping: str
+    step: int
+
+
+def load_run(checkpoint_dir: str | pathlib.Path, step: int | str = "best") -> LoadedRun:
+    """Restore a `run_mapping` checkpoint (default: the best validation R^2) with its scalers.
+
+    Raises:
+      ValueError: the folder holds no checkpoint, or one without mapping metadata.
+    """
+    from qdjax.ml import checkpoint
+
+    folder = pathlib.Path(checkpoint_dir)
+    if not folder.is_dir():
+        raise ValueError(f"no checkpoint folder at {folder}")
+    restored = checkpoint.load_state(folder, step)
+    meta = restored.metadata
+    if "mapping" not in meta or "scalers" not in meta:
+        raise ValueError(f"the checkpoint in {folder} has no mapping/scaler metadata (not written by run_mapping)")
+    return LoadedRun(restored.state, evaluate.Scalers.from_dict(meta["scalers"]), meta["mapping"], restored.step)
