@@ -7,10 +7,11 @@ For each width set ("authors": generator 16..128 and discriminator 16..128 of th
 public code, the `Pix2PixConfig` default; "pix2pix": the original 64..512) and each batch
 size, both frameworks train from the same initial weights (the qdjax ones, copied into the
 PyTorch modules) on the same random [-1, 1] image pair, in one process. After warm-up
-(compilation and `--warmup` steps, not timed), `--repeats` rounds each time `--steps`
-consecutive steps of one framework and then of the other (the order alternates between
-rounds, so a change of machine load hits both); the reported rate is the median over rounds
-of steps / wall time. A qdjax round ends with ``jax.block_until_ready`` on the state, so
+(compilation and `--warmup` steps, not timed), `--repeats` rounds each time the same number
+of consecutive steps (at least `--steps`, more if a round of the faster framework would be
+shorter than `--min-round-s`) of one framework and then of the other (the order alternates
+between rounds, so a change of machine load hits both); the reported rate is the median
+over rounds of steps / wall time. A qdjax round ends with ``jax.block_until_ready`` on the state, so
 asynchronous dispatch cannot hide work. The step is `qdjax.ml.train.make_train_step` as
 `qdjax.ml.train.fit` calls it; the PyTorch step is `torch_pix2pix.Pix2PixTrainer` (eager,
 and with ``--torch-compile`` also under ``torch.compile``).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -69,7 +71,17 @@ def _configs(widths: str, batch: int):
     )
 
 
-def bench_case(widths: str, batch: int, *, repeats: int, steps: int, warmup: int, torch_compile: bool, seed: int = 0):
+def bench_case(
+    widths: str,
+    batch: int,
+    *,
+    repeats: int,
+    steps: int,
+    warmup: int,
+    min_round_s: float,
+    torch_compile: bool,
+    seed: int = 0,
+):
     """Times one (widths, batch) case in both frameworks; returns a JSON-ready dict."""
     import jax
     import torch
@@ -78,6 +90,7 @@ def bench_case(widths: str, batch: int, *, repeats: int, steps: int, warmup: int
     from qdjax.ml import train
 
     config = _configs(widths, batch)
+    warmup = max(warmup, 1)
     s = config.generator.image_size
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (batch, s, s, 1)).astype(np.float32)
@@ -121,8 +134,13 @@ def bench_case(widths: str, batch: int, *, repeats: int, steps: int, warmup: int
     for name, tr in trainers.items():
         runners[name] = lambda n, tr=tr: [tr.step(x_t, y_t) for _ in range(n)]
 
-    for run in runners.values():
+    warm = {}
+    for name, run in runners.items():
+        t = time.perf_counter()
         run(warmup)
+        warm[name] = (time.perf_counter() - t) / max(warmup, 1)
+    # same number of steps per round for every framework, and rounds of >= min_round_s
+    steps = max(steps, math.ceil(min_round_s / max(min(warm.values()), 1e-6)))
     names = list(runners)
     rates = {name: [] for name in names}
     for r in range(repeats):
@@ -137,6 +155,8 @@ def bench_case(widths: str, batch: int, *, repeats: int, steps: int, warmup: int
         "generator_filters": list(config.generator.filters),
         "discriminator_filters": list(config.discriminator.filters),
         "first_call_s": {"qdjax": jax_first, **first},
+        "steps_per_round": steps,
+        "loadavg_1min_after": os.getloadavg()[0],
         "steps_per_s": {name: float(np.median(v)) for name, v in rates.items()},
         "steps_per_s_all": rates,
     }
@@ -151,7 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--widths", nargs="+", choices=["authors", "pix2pix"], default=["authors", "pix2pix"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per framework (median)")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per round")
+    parser.add_argument("--steps", type=int, default=10, help="minimum training steps per round")
+    parser.add_argument(
+        "--min-round-s", type=float, default=1.0,
+        help="more steps per round where needed, so that a round of the faster framework lasts this long",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first call")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--torch-compile", action="store_true", help="also time the torch.compile'd step")
@@ -192,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
         },
-        "settings": {"repeats": args.repeats, "steps": args.steps, "warmup": args.warmup},
+        "settings": {
+            "repeats": args.repeats, "min_steps": args.steps, "min_round_s": args.min_round_s, "warmup": args.warmup,
+        },
     }
     print(
         f"{meta['machine']['cpu']}, {meta['machine']['cpus_visible']} CPUs, load {meta['machine']['loadavg_before']}; "
@@ -205,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     for widths in args.widths:
         for b in args.batch:
             r = bench_case(
-                widths, b, repeats=args.repeats, steps=args.steps, warmup=args.warmup, torch_compile=args.torch_compile
+                widths, b, repeats=args.repeats, steps=args.steps, warmup=args.warmup,
+                min_round_s=args.min_round_s, torch_compile=args.torch_compile,
             )
             results.append(r)
             rate = r["steps_per_s"]

@@ -1,23 +1,26 @@
-"""The PyTorch peer of benchmarks/bench_train.py is the same network and the same training step.
+"""What benchmarks/bench_train.py compares is the same computation in both frameworks.
 
-qdjax's initial weights are copied into the PyTorch modules; then one forward pass of the
-generator and of the discriminator must agree to float32 rounding (~1e-6), and so must the
-losses of two training steps and the parameters after one step. Skipped when torch (a
-benchmark-only dependency, not installed in CI) is absent.
+* The PyTorch peer (benchmarks/torch_pix2pix.py) is the same network and the same training
+  step: qdjax's initial weights are copied into the PyTorch modules; then one forward pass
+  of the generator and of the discriminator must agree to float32 rounding (~1e-6), and so
+  must the losses of two training steps and the parameters after one step. Skipped when
+  torch (a benchmark-only dependency, not installed in CI) is absent.
+* qdjax's fast convolution paths (image patches times the kernel, chosen for small maps)
+  equal Flax's convolution layers (always run).
 """
 
 import importlib.util
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-torch = pytest.importorskip("torch")
-
-import qdjax  # noqa: E402,F401  (float64 mode on, as for users: the networks stay float32)
-from qdjax.ml import train  # noqa: E402
-from qdjax.ml.models import (  # noqa: E402
+import qdjax  # noqa: F401  (float64 mode on, as for users: the networks stay float32)
+from qdjax.ml import models, train
+from qdjax.ml.models import (
     PIX2PIX_DISCRIMINATOR_WIDTHS,
     PIX2PIX_GENERATOR_FILTERS,
     DiscriminatorConfig,
@@ -35,7 +38,68 @@ def _load(name):
     return module
 
 
-tp = _load("torch_pix2pix")
+@pytest.fixture(scope="module")
+def tp():
+    """benchmarks/torch_pix2pix.py (skips the test when PyTorch is not installed)."""
+    pytest.importorskip("torch")
+    return _load("torch_pix2pix")
+
+
+# ----------------------------------------------------------------------------- fast conv paths
+
+
+@pytest.mark.parametrize(
+    "hw, c_in, c_out, kernel, stride, padding",
+    [
+        (4, 8, 6, 4, 2, "SAME"),  # 2 x 2 output: image patches times the kernel
+        (8, 300, 5, 4, 2, "SAME"),  # 4 x 4 output: patches
+        (16, 3, 4, 4, 2, "SAME"),  # 8 x 8 output, small contraction: conv_general_dilated
+        (8, 256, 3, 4, 1, ((1, 1), (1, 1))),  # 7 x 7, contraction 4096: patches
+        (7, 4, 2, 4, 1, ((1, 1), (1, 1))),  # 6 x 6: patches
+        (9, 5, 3, 3, 3, "SAME"),  # odd kernel, stride 3, 3 x 3 output: patches
+        (20, 2, 3, 5, 1, ((2, 2), (2, 2))),  # 20 x 20: conv_general_dilated
+    ],
+)
+def test_conv_equals_flax_conv(hw, c_in, c_out, kernel, stride, padding):
+    """Oracle: nnx.Conv (lax.conv_general_dilated) with the same kernel and bias."""
+    ours = models.Conv(c_in, c_out, kernel, stride=stride, padding=padding, use_bias=True, rngs=nnx.Rngs(0))
+    ours.bias[...] = jnp.linspace(-0.3, 0.3, c_out, dtype=jnp.float32)
+    ref = nnx.Conv(c_in, c_out, (kernel, kernel), strides=stride, padding=padding, rngs=nnx.Rngs(1))
+    ref.kernel[...] = ours.kernel[...]
+    ref.bias[...] = ours.bias[...]
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, hw, hw, c_in)).astype(np.float32))
+    a, b = ours(x), ref(x)
+    assert a.shape == b.shape and a.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
+    # gradients with respect to input and kernel agree too
+    ga = jax.grad(lambda x, k: jnp.sum(jnp.sin(models._conv(x, k, stride, padding))), argnums=(0, 1))(x, ours.kernel[...])
+    gb = jax.grad(
+        lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+            x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))),
+        argnums=(0, 1),
+    )(x, ours.kernel[...])
+    for u, v in zip(ga, gb):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-5)
+
+
+def test_both_conv_paths_are_used():
+    """The cases above cover both evaluations (see models._as_product)."""
+    assert models._as_product(4, 128) and models._as_product(49, 4096)
+    assert not models._as_product(64, 48) and not models._as_product(400, 50)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16)])
+def test_conv_transpose_paths_agree(hw):
+    """ConvTranspose2x (both evaluations) equals nnx.ConvTranspose on the U-Net's map sizes."""
+    c_in = 512 if hw[0] <= 8 else 4
+    ours = models.ConvTranspose2x(c_in, 3, 4, use_bias=False, rngs=nnx.Rngs(0))
+    ref = nnx.ConvTranspose(c_in, 3, (4, 4), strides=2, padding="SAME", use_bias=False, rngs=nnx.Rngs(1))
+    ref.kernel[...] = ours.kernel[...]
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, *hw, c_in)).astype(np.float32))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=0, atol=5e-6)
+
+
+# ----------------------------------------------------------------------------- PyTorch peer
 
 # The benchmark's two configurations (the default, i.e. the authors' widths, and pix2pix's
 # 64..512 widths) with a smaller generator/discriminator variant that keeps the test fast;
@@ -64,6 +128,8 @@ def _data(batch, seed=0):
 
 
 def _nchw(a):
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
 
@@ -72,7 +138,7 @@ def _nhwc(t):
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
-def setup(request):
+def setup(request, tp):
     config = CONFIGS[request.param]
     state = train.init_state(config, jax.random.key(0))
     gen, disc = tp.build(config)
@@ -88,6 +154,8 @@ def test_parameter_counts_match(setup):
 
 
 def test_forward_passes_agree(setup):
+    import torch
+
     config, state, gen, disc = setup
     x, y = _data(config.batch_size)
     fake_j = np.asarray(train.generator_from_state(state)(x))
@@ -108,7 +176,7 @@ def test_forward_passes_agree(setup):
     assert np.max(np.abs(wrong - fake_j)) > 1e-3
 
 
-def test_training_steps_agree(setup):
+def test_training_steps_agree(setup, tp):
     config, state, _, _ = setup
     gen, disc = tp.build(config)
     tp.load_jax_params(gen, disc, state.g_params, state.d_params)

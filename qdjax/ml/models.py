@@ -470,6 +470,100 @@ def _phase_taps(kernel: int) -> tuple[tuple[tuple[int, ...], int], tuple[tuple[i
     return tuple(out)
 
 
+def _as_product(pixels: int, contraction: int) -> bool:
+    """Whether a convolution with `pixels` output pixels per image (per phase for
+    `ConvTranspose2x`) and kh * kw * C_in = `contraction` is evaluated as one matrix
+    product over image patches (see `_conv`): maps of at most 4 x 4 pixels, and maps of at
+    most 8 x 8 pixels with a contraction of at least 4096 (measured on XLA's CPU backend)."""
+    return pixels <= 16 or (pixels <= 64 and contraction >= 4096)
+
+
+def _patches(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int, r0: int = 0, c0: int = 0) -> jax.Array:
+    """Image patches of a padded NHWC array: (B, ho, wo, kh * kw * C), taps in HWI order.
+
+    Entry [b, m, n, (i * kw + j) * C + c] = xp[b, r0 + stride m + i, c0 + stride n + j, c]: the
+    rows of the im2col matrix whose product with an HWIO kernel reshaped to (kh kw C, C_out)
+    is the 'VALID' convolution. Static strided slices and one concatenation, no gather.
+    """
+    cols = [
+        xp[:, r0 + i : r0 + i + stride * (ho - 1) + 1 : stride, c0 + j : c0 + j + stride * (wo - 1) + 1 : stride]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple) -> jax.Array:
+    """2-D convolution (cross-correlation) of NHWC `x` with an HWIO `kernel`, float32.
+
+    The same result (to float32 rounding) as ``lax.conv_general_dilated(x, kernel, (stride,
+    stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``. Maps with at most
+    `_DOT_MAX_PIXELS` output pixels per image (the inner U-Net and discriminator layers,
+    where the channel counts are large) are evaluated as one matrix product of the image
+    patches with the reshaped kernel (`_as_product` decides): XLA's CPU backend runs that
+    product and its gradients (two more products) far faster than the gradients of
+    ``conv_general_dilated`` on such maps (pix2pix widths, 4 x 4 -> 2 x 2 layer, 512
+    channels, batch 8: ~15 ms instead of ~300 ms for value and gradients on 2 cores; see
+    `benchmarks/bench_train.py`). Larger maps keep ``conv_general_dilated``.
+
+    Args:
+      x: (B, H, W, C_in) float32.
+      kernel: (kh, kw, C_in, C_out) float32.
+      stride: the same in both directions.
+      padding: "SAME", "VALID" or ((lo, hi), (lo, hi)) zeros.
+    Returns:
+      (B, H', W', C_out) float32.
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    b, h, w, _ = x.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (stride, stride), padding)
+    (plo, phi), (qlo, qhi) = padding
+    ho = (h + plo + phi - kh) // stride + 1
+    wo = (w + qlo + qhi - kw) // stride + 1
+    if not _as_product(ho * wo, kh * kw * c_in):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    xp = jnp.pad(x, ((0, 0), (plo, phi), (qlo, qhi), (0, 0)))
+    p = _patches(xp, kh, kw, stride, ho, wo).reshape(b * ho * wo, kh * kw * c_in)
+    return jnp.dot(p, kernel.reshape(kh * kw * c_in, c_out)).reshape(b, ho, wo, c_out)
+
+
+class Conv(nnx.Module):
+    """2-D convolution layer: (B, H, W, C_in) -> (B, H', W', C_out), float32, evaluated by `_conv`.
+
+    Same parameters (kernel (k, k, C_in, C_out), optional bias (C_out,)) and the same result
+    as ``nnx.Conv(C_in, C_out, (k, k), strides=stride, padding=padding)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel: int,
+        *,
+        stride: int,
+        padding: str | tuple,
+        use_bias: bool,
+        rngs: nnx.Rngs,
+        kernel_init=_INIT,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel
+        self.stride = stride
+        self.padding = padding
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel, kernel, in_features, out_features), _F32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = _conv(jnp.asarray(x).astype(_F32), self.kernel[...], self.stride, self.padding)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
 class ConvTranspose2x(nnx.Module):
     """Transposed convolution with stride 2 and 'SAME' padding: (B, H, W, C_in) -> (B, 2H, 2W, C_out).
 
@@ -481,7 +575,9 @@ class ConvTranspose2x(nnx.Module):
     This skips the multiplications by the dilation zeros, and XLA's CPU backend runs the
     gradients of these plain convolutions several times faster than those of
     ``lax.conv_transpose`` (pix2pix-size training step, batch 16, 2 CPU cores: 1.4 s
-    instead of 3.4 s; see `qdjax.ml.benchmark`). float32 in, float32 out.
+    instead of 3.4 s; see `qdjax.ml.benchmark`). For even k and small inputs (`_as_product`)
+    the four phases are one batched matrix product of image patches with the four
+    sub-kernels (see `_conv`). float32 in, float32 out.
     """
 
     def __init__(
@@ -508,27 +604,52 @@ class ConvTranspose2x(nnx.Module):
         xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         kern = self.kernel[...]
         phases = _phase_taps(k)
-        rows = []
-        for taps_r, off_r in phases:
-            cols = []
-            for taps_c, off_c in phases:
-                if not taps_r or not taps_c:
-                    cols.append(jnp.zeros((b, h, w, self.out_features), _F32))
-                    continue
-                # taps of one phase have one parity: a static strided slice, not a gather
-                sub = kern[taps_r[0] : taps_r[-1] + 1 : 2, taps_c[0] : taps_c[-1] + 1 : 2]
-                r0, c0 = pad + off_r, pad + off_c
-                window = xp[:, r0 : r0 + h + len(taps_r) - 1, c0 : c0 + w + len(taps_c) - 1]
-                cols.append(
-                    jax.lax.conv_general_dilated(
-                        window, sub, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        if k % 2 == 0 and _as_product(h * w, (k // 2) ** 2 * self.in_features):
+            y = self._phases_as_one_product(xp, kern, phases, pad, b, h, w)
+        else:
+            rows = []
+            for taps_r, off_r in phases:
+                cols = []
+                for taps_c, off_c in phases:
+                    if not taps_r or not taps_c:
+                        cols.append(jnp.zeros((b, h, w, self.out_features), _F32))
+                        continue
+                    # taps of one phase have one parity: a static strided slice, not a gather
+                    sub = kern[taps_r[0] : taps_r[-1] + 1 : 2, taps_c[0] : taps_c[-1] + 1 : 2]
+                    r0, c0 = pad + off_r, pad + off_c
+                    window = xp[:, r0 : r0 + h + len(taps_r) - 1, c0 : c0 + w + len(taps_c) - 1]
+                    cols.append(
+                        jax.lax.conv_general_dilated(
+                            window, sub, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                        )
                     )
-                )
-            rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, C)
-        y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, self.out_features)
+                rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, C)
+            y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, self.out_features)
         if self.bias is not None:
             y = y + self.bias[...]
         return y
+
+    def _phases_as_one_product(self, xp, kern, phases, pad, b, h, w) -> jax.Array:
+        """Even k: phase a uses the taps of parity (a + pad) % 2, k/2 of them. The four
+        sub-kernels are one reshape + transpose of the kernel (so its gradient is one
+        transpose, not four scattered slices) and the four phases one batched product."""
+        k, c_in, c_out = self.kernel_size, self.in_features, self.out_features
+        kh = k // 2
+        # subs[pr, pc, i, j] = kern[2 i + pr, 2 j + pc]
+        subs = kern.reshape(kh, 2, kh, 2, c_in, c_out).transpose(1, 3, 0, 2, 4, 5)
+        parity = [taps[0] % 2 for taps, _ in phases]
+        if parity == [1, 0]:
+            subs = subs[::-1, ::-1]
+        subs = subs.reshape(4, kh * kh * c_in, c_out)
+        patches = jnp.stack([
+            _patches(xp, kh, kh, 1, h, w, pad + off_r, pad + off_c).reshape(b * h * w, kh * kh * c_in)
+            for _, off_r in phases
+            for _, off_c in phases
+        ])  # (4, B H W, kh kh C_in), phase index 2 a_r + a_c
+        y = jax.lax.dot_general(patches, subs, (((2,), (1,)), ((0,), (0,))))  # (4, B H W, C_out)
+        # y[b, 2 m + a_r, 2 n + a_c] = phase (a_r, a_c) at (b, m, n)
+        y = y.reshape(2, 2, b, h, w, c_out).transpose(2, 3, 0, 4, 1, 5)
+        return y.reshape(b, 2 * h, 2 * w, c_out)
 
 
 def _check_nhwc(name: str, x: jax.Array, size: int | None, channels: int) -> None:
@@ -584,8 +705,8 @@ class UNetGenerator(nnx.Module):
         shapes = tuple((k, k, a, b) for a, b, _ in down + up) + ((k, k, c_in, config.out_channels),)
         kernels = iter(_normal_kernels(rngs.params(), shapes))
         self.down_convs = nnx.List([
-            nnx.Conv(a, b, (k, k), strides=2, padding="SAME", use_bias=norm == "none",
-                     kernel_init=_fixed(next(kernels)), dtype=_F32, param_dtype=_F32, rngs=rngs)
+            Conv(a, b, k, stride=2, padding="SAME", use_bias=norm == "none",
+                 kernel_init=_fixed(next(kernels)), rngs=rngs)
             for a, b, norm in down
         ])
         self.down_norms = nnx.List([_make_norm(norm, b, rngs) for _, b, norm in down])
@@ -669,9 +790,9 @@ class PatchDiscriminator(nnx.Module):
         for i, (f, k, pad) in enumerate(zip(config.filters, config.kernels, config.paddings())):
             norm = config.norm if 0 < i < n_layers - 1 else "none"
             convs.append(
-                nnx.Conv(c_ins[i], f, (k, k), strides=config.strides[i],
-                         padding=pad if pad == "SAME" else (pad, pad), use_bias=norm == "none",
-                         kernel_init=_fixed(kernels[i]), dtype=_F32, param_dtype=_F32, rngs=rngs)
+                Conv(c_ins[i], f, k, stride=config.strides[i],
+                     padding=pad if pad == "SAME" else (pad, pad), use_bias=norm == "none",
+                     kernel_init=_fixed(kernels[i]), rngs=rngs)
             )
             norms.append(_make_norm(norm, f, rngs))
         self.convs = nnx.List(convs)
