@@ -1,7 +1,8 @@
-"""Write docs/api.md from the docstrings of qdjax's public modules.
+"""Write docs/api.md from the docstrings of qdjax's public modules, and docs/cli.md from the
+command line's help texts.
 
-Run: python docs/make_api.py            (writes docs/api.md)
-     python docs/make_api.py --check    (exit 1 if docs/api.md is out of date)
+Run: python docs/make_api.py            (writes docs/api.md and docs/cli.md)
+     python docs/make_api.py --check    (exit 1 if either is out of date)
 """
 
 from __future__ import annotations
@@ -73,19 +74,61 @@ def render() -> str:
     return "".join(parts)
 
 
+CLI_HEADER = """# Command line: `qdjax`
+
+Generated from the help texts by `python docs/make_api.py`; do not edit by hand. Every command
+exits with status 0 on success, 1 with a one-line `qdjax <command>: error: ...` message on a
+user error (bad values, mismatched or damaged dataset folders, missing checkpoints), 2 on bad
+arguments and 130 when interrupted; long work shows a progress bar and resumes when the same
+command is run again.
+"""
+
+
+def render_cli() -> str:
+    """Markdown of `qdjax --help` and of `qdjax <command> --help` for every command."""
+    import argparse
+
+    from qdjax import cli
+
+    parser = cli.build_parser()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parts = [CLI_HEADER, f"\n```text\n{_help(parser)}```\n"]
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        parts.append(f"\n## `qdjax {name}`\n\n```text\n{_help(sub)}```\n")
+    return "".join(parts)
+
+
+def _help(parser) -> str:
+    import os
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        return parser.format_help()
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    target = pathlib.Path(__file__).with_name("api.md")
-    text = render()
-    if args.check:
-        if not target.exists() or target.read_text() != text:
-            print("docs/api.md is out of date: run python docs/make_api.py", file=sys.stderr)
-            return 1
-        return 0
-    target.write_text(text)
-    print(f"wrote {target}")
+    stale = []
+    for name, text in (("api.md", render()), ("cli.md", render_cli())):
+        target = pathlib.Path(__file__).with_name(name)
+        if args.check:
+            if not target.exists() or target.read_text() != text:
+                stale.append(name)
+            continue
+        target.write_text(text)
+        print(f"wrote {target}")
+    if stale:
+        print(f"docs/{' and docs/'.join(stale)} out of date: run python docs/make_api.py", file=sys.stderr)
+        return 1
     return 0
 
 
