@@ -245,6 +245,8 @@ def _add_train(subparsers) -> None:
                    help="discriminator patch size preset (default: image70)")  # fmt: skip
     p.add_argument("--d4", action="store_true", help="random symmetry-of-the-square augmentation (exact)")
     p.add_argument("--symmetrize", action="store_true", help="evaluate with the D4-averaged generator")
+    p.add_argument("--density-head", action="store_true",
+                   help="normalised density output layer (non-negative, integrates to N) for density targets")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -259,8 +261,8 @@ def _run_train(args: argparse.Namespace) -> int:
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,
-        eval_every=args.eval_every, symmetrize=args.symmetrize, progress=not args.no_progress,
-        length_nm=data.config_from_manifest(data.read_manifest(args.data)).length_nm,
+        eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
+        progress=not args.no_progress, length_nm=data.config_from_manifest(data.read_manifest(args.data)).length_nm,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "

@@ -45,3 +45,17 @@ def test_missing_split_is_refused(splits, tmp_path):
     bad = {k: v for k, v in splits.items() if k != "test"}
     with pytest.raises(ValueError, match="test"):
         experiment.run_mapping(bad, "V->n_int", cfg, steps=1, out_dir=tmp_path)
+
+
+def test_density_head_predictions_integrate_to_n(splits, tmp_path):
+    # With the normalised head every predicted density integrates to N = 2 (sum n h^2), trained
+    # or not; the head is refused for potential targets.
+    gen = models.GeneratorConfig(image_size=16, filters=(8, 8, 8, 8))
+    cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("pixel1", (8, 8, 8, 8)), batch_size=4)
+    run = experiment.run_mapping(splits, "V->n_int", cfg, steps=2, eval_every=2, out_dir=tmp_path / "a", progress=False,
+                                 density_head=True)
+    assert run.state.config.generator.density_norm is not None
+    np.testing.assert_allclose(run.test_prediction.sum(axis=(1, 2)) * SMALL_ED.pixel_nm**2, 2.0, rtol=1e-4)
+    assert run.test_prediction.min() >= 0
+    with pytest.raises(ValueError, match="density_head"):
+        experiment.run_mapping(splits, "n_int->V", cfg, steps=2, out_dir=tmp_path / "b", density_head=True)

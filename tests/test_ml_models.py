@@ -275,3 +275,18 @@ def test_wrong_input_shape_raises():
     d = PatchDiscriminator(DiscriminatorConfig.preset("patch7", widths=SMALL_D), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="channel"):
         d(_images((1, 64, 64, 1)))
+
+
+def test_density_head_is_positive_and_normalised():
+    # y = c softmax(z) - 1: (y + 1) is positive and sums to c over the pixels of each image.
+    import jax
+    import numpy as np
+    from flax import nnx
+    from qdjax.ml.models import GeneratorConfig, UNetGenerator
+    cfg = GeneratorConfig(image_size=16, filters=(4, 4, 4, 4), density_norm=37.5)
+    gen = UNetGenerator(cfg, rngs=nnx.Rngs(0))
+    y = np.asarray(gen(jax.random.uniform(jax.random.key(1), (3, 16, 16, 1), minval=-1, maxval=1)))
+    assert np.all(y + 1 > 0)
+    np.testing.assert_allclose((y + 1).sum(axis=(1, 2, 3)), 37.5, rtol=1e-5)
+    with pytest.raises(ValueError, match="density_norm"):
+        GeneratorConfig(density_norm=-1.0)

@@ -17,6 +17,7 @@ scores the test split (standard and paper-convention metrics) and writes the fig
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Mapping, NamedTuple
@@ -75,6 +76,7 @@ def run_mapping(
     key: int = 0,
     eval_every: int = 200,
     symmetrize: bool = False,
+    density_head: bool = False,
     length_nm: float = 30.0,
     monitor: int = 30,
     train_monitor: int = 100,
@@ -92,6 +94,9 @@ def run_mapping(
       key: integer seed of initialisation, data order and augmentation.
       eval_every: steps between evaluations (and checkpoints).
       symmetrize: evaluate and predict with the D4-averaged generator.
+      density_head: for density targets, end the generator in the normalised density head
+        (GeneratorConfig.density_norm): predictions are non-negative and integrate to the
+        training densities' electron number exactly.
       length_nm: box side, for figure axes.
       monitor: number of test images whose SSIM is followed during training.
       train_monitor: number of training images used for the training-set R^2 curve.
@@ -106,6 +111,12 @@ def run_mapping(
     out.mkdir(parents=True, exist_ok=True)
     train_in, train_out = (np.asarray(splits["train"][q], np.float64) for q in (src, dst))
     scalers = evaluate.fit_scalers(mapping, train_in, train_out)
+    if density_head:
+        if evaluate.KINDS[dst] != "density" or scalers.targets.lo != 0.0:
+            raise ValueError(f"density_head needs a density target scaled from 0, not {mapping!r}")
+        total = float(np.mean(train_out.sum(axis=(-1, -2))))  # N / h^2, nm^-2 per pixel sum
+        head = dataclasses.replace(config.generator, density_norm=2.0 * total / scalers.targets.hi)
+        config = dataclasses.replace(config, generator=head)
     train_mean = train_out.mean(axis=0)
     unit = lambda s, q: scalers.inputs.to_unit(np.asarray(splits[s][q], np.float64)).astype(np.float32)
     xt, yt = unit("train", src), scalers.targets.to_unit(train_out).astype(np.float32)
@@ -148,6 +159,7 @@ def run_mapping(
         "steps": steps,
         "best_step": best.step,
         "symmetrize": symmetrize,
+        "density_head": density_head,
         "n_train": len(train_in),
         "n_validation": len(splits["validation"][src]),
         "n_test": len(test_in),

@@ -102,6 +102,11 @@ class GeneratorConfig:
       dropout: dropout rate of the first three decoder layers (pix2pix: 0.5); 0 (default)
         makes the generator deterministic.
       negative_slope: LeakyReLU slope of the encoder (Table I and Keras' default: 0.3).
+      density_norm: None (default) ends the decoder in tanh, as pix2pix. A positive number c
+        replaces tanh by a normalised density head, y = c * softmax_over_pixels(z) - 1 per
+        channel: under a density scaler with lo = 0 and upper bound hi the physical image
+        (y + 1) hi / 2 is non-negative and sums to c hi / 2, so c = 2 N / (h^2 hi) makes every
+        predicted density integrate to exactly N electrons.
     """
 
     image_size: int = 64
@@ -112,9 +117,14 @@ class GeneratorConfig:
     norm: str = "instance"
     dropout: float = 0.0
     negative_slope: float = 0.3
+    density_norm: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "filters", _as_int_tuple("GeneratorConfig.filters", self.filters))
+        if self.density_norm is not None:
+            if not (isinstance(self.density_norm, (int, float)) and math.isfinite(self.density_norm) and self.density_norm > 0):
+                raise ValueError(f"GeneratorConfig.density_norm must be None or a positive number, got {self.density_norm!r}")
+            object.__setattr__(self, "density_norm", float(self.density_norm))
         for name in ("image_size", "in_channels", "out_channels", "kernel"):
             _check_pos_int("GeneratorConfig", name, getattr(self, name))
         if self.image_size % 2 ** len(self.filters):
@@ -743,7 +753,8 @@ class UNetGenerator(nnx.Module):
           dropout_key: PRNG key; with ``config.dropout > 0`` and a key, dropout is applied
             to the first three decoder layers. Without a key the output is deterministic.
         Returns:
-          (B, S, S, C_out) float32 in (-1, 1).
+          (B, S, S, C_out) float32 in (-1, 1) (tanh head), or in (-1, density_norm - 1) with
+          every image summing to density_norm - S^2 (density head).
         """
         cfg = self.config
         feats = self.encode(x, train=train)
@@ -756,7 +767,12 @@ class UNetGenerator(nnx.Module):
                 h = _dropout(h, cfg.dropout, jax.random.fold_in(dropout_key, i))
             h = jax.nn.relu(h)
             h = jnp.concatenate([h, skips[i]], axis=-1)
-        return jnp.tanh(self.out_conv(h))
+        z = self.out_conv(h)
+        if cfg.density_norm is None:
+            return jnp.tanh(z)
+        b, s1, s2, c = z.shape
+        p = jax.nn.softmax(z.reshape(b, s1 * s2, c), axis=1).reshape(z.shape)
+        return cfg.density_norm * p - 1.0
 
 
 class PatchDiscriminator(nnx.Module):
