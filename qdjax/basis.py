@@ -11,6 +11,21 @@ evaluated in closed form (phi_m phi_m' = (cos((m - m') pi x / L) - cos((m + m') 
 It gives the exact potential matrix and, as its adjoint, the pixel-averaged density
 (docs/theory.md, "Pixels").
 
+Fast form (no basis^2 x basis^2 matrix). Write phi_m phi_m' as cosines of (m -+ m') pi x / L;
+with C[i, k] = int_pixel i cos(k pi x / L) dx (k = 0..2 basis), the potential matrix is a 2D
+Toeplitz-minus-Hankel matrix of W = C^T V C / L^2. Acting on the odd extension of a
+coefficient array it is a circular convolution of period M = 4 basis (exact: offsets
+|m -+ m'| <= 2 basis = M / 2 never alias), so a real discrete sine transform diagonalises it:
+
+    <mn|V|m'n'> = sum_{xi, eta} What[xi, eta] S[xi, m] S[eta, n] S[xi, m'] S[eta, n'],
+    S[xi, m] = sin(2 pi xi m / M),  What = (4 / M)^2 / L^2 Phi^T V Phi,  Phi = C Ck^T,
+
+xi, eta = 1..M/2 - 1, Ck[xi, k] = w_k cos(2 pi xi k / M) (w_0 = w_{M/2} = 1, else 2). A product
+H0 X then costs four (M/2) x basis matrix products per column instead of a basis^2 row, and
+the adjoint gives the pixel-averaged density n = (4/M)^2 / (L^2 h^2) Phi D Phi^T with
+D[xi, eta] = sum_pq gamma_pq (S C_p S^T)[xi, eta] (S C_q S^T)[xi, eta]. Both are equal to the
+table form up to rounding (tests/test_solvers.py).
+
 Host tables are NumPy float64, built once per configuration (functools.lru_cache; they depend
 only on the static configuration) and marked read-only.
 """
@@ -19,6 +34,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
@@ -82,6 +98,130 @@ def kinetic_energies(length_nm: float, basis: int, m_eff: float) -> np.ndarray:
     m2 = np.arange(1, basis + 1) ** 2
     e = units.kinetic_prefactor(m_eff) * (np.pi / length_nm) ** 2 * (m2[:, None] + m2[None, :])
     return _read_only(e.reshape(-1))
+
+
+@functools.lru_cache(maxsize=32)
+def cosine_integrals(length_nm: float, grid: int, basis: int) -> np.ndarray:
+    """C[i, k] = int over pixel i of cos(k pi x / L) dx, k = 0..2 basis.
+
+    Returns:
+      float64 array (grid, 2 basis + 1), nm.
+    """
+    h = length_nm / grid
+    centres = (np.arange(grid) + 0.5) * h
+    q = np.arange(2 * basis + 1) * np.pi / length_nm
+    # int over [c - h/2, c + h/2] of cos(q x) = h cos(q c) sinc(q h / 2 pi): no cancellation.
+    return _read_only(h * np.cos(centres[:, None] * q[None, :]) * np.sinc(q * h / (2 * np.pi))[None, :])
+
+
+@functools.lru_cache(maxsize=32)
+def sine_transform_tables(length_nm: float, grid: int, basis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Phi, S) of the fast potential action and density (see the module docstring).
+
+    Returns:
+      Phi: float64 (grid, 2 basis - 1), nm, pixel integrals C of the cosines times Ck^T.
+      S: float64 (2 basis - 1, basis), S[xi, m] = sin(2 pi (xi + 1) m / (4 basis)).
+    """
+    k = np.arange(2 * basis + 1)
+    c = cosine_integrals(length_nm, grid, basis)
+    period = 4 * basis
+    xi = np.arange(1, period // 2)
+    weights = np.where((k == 0) | (k == period // 2), 1.0, 2.0)
+    ck = weights[None, :] * np.cos(2 * np.pi * np.outer(xi, k) / period)
+    s = np.sin(2 * np.pi * np.outer(xi, np.arange(1, basis + 1)) / period)
+    return _read_only(c @ ck.T), _read_only(s)
+
+
+def potential_spectrum(V: ArrayLike, config: EDConfig) -> jax.Array:
+    """Diagonal of the potential matrix in the sine-transform basis, What (module docstring).
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      config: static settings.
+
+    Returns:
+      array (..., 2 basis - 1, 2 basis - 1), eV; linear in V.
+    """
+    V = jnp.asarray(V)
+    phi, _ = sine_transform_tables(config.length_nm, config.grid, config.basis)
+    phi = jnp.asarray(phi, dtype=V.dtype)
+    scale = (1.0 / config.basis) ** 2 / config.length_nm**2  # (4 / M)^2 / L^2, M = 4 basis
+    return scale * jnp.einsum("ik,...ij,jl->...kl", phi, V, phi)
+
+
+def potential_submatrix(V: ArrayLike, modes: np.ndarray, config: EDConfig) -> jax.Array:
+    """Rows and columns `modes` of the potential matrix, from W = C^T V C / L^2.
+
+    <mn|V|m'n'> = W[|m - m'|, |n - n'|] - W[|m - m'|, n + n'] - W[m + m', |n - n'|] + W[m + m', n + n'].
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      modes: int array (s,), flat indices (m - 1) * basis + (n - 1) (static, host NumPy).
+      config: static settings.
+
+    Returns:
+      array (..., s, s), eV.
+    """
+    V = jnp.asarray(V)
+    b = config.basis
+    c = jnp.asarray(cosine_integrals(config.length_nm, config.grid, b), dtype=V.dtype)
+    w = jnp.einsum("ik,...ij,jl->...kl", c, V, c) / config.length_nm**2
+    m = np.asarray(modes) // b + 1
+    n = np.asarray(modes) % b + 1
+    dm, sm = np.abs(m[:, None] - m[None, :]), m[:, None] + m[None, :]
+    dn, sn = np.abs(n[:, None] - n[None, :]), n[:, None] + n[None, :]
+    return w[..., dm, dn] - w[..., dm, sn] - w[..., sm, dn] + w[..., sm, sn]
+
+
+def apply_potential(spectrum: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.Array:
+    """Product of the potential matrix with vectors, without forming the matrix.
+
+    (<V> X)[(m, n), v] = sum What[xi, eta] S[xi, m] S[eta, n] (S X_v S^T)[xi, eta].
+
+    Args:
+      spectrum: array (..., 2 basis - 1, 2 basis - 1) from `potential_spectrum`, eV.
+      X: array (..., basis**2, v), coefficients in the product sine basis.
+      config: static settings.
+
+    Returns:
+      array (..., basis**2, v), eV; equals potential_matrix(V) @ X up to rounding.
+    """
+    b = config.basis
+    _, s = sine_transform_tables(config.length_nm, config.grid, b)
+    s = jnp.asarray(s, dtype=X.dtype)
+    c = X.reshape(X.shape[:-2] + (b, b, X.shape[-1]))
+    t = jnp.einsum("xm,...mnv->...xnv", s, c)
+    t = jnp.einsum("yn,...xnv->...xyv", s, t)
+    t = spectrum[..., None] * t
+    t = jnp.einsum("yn,...xyv->...xnv", s, t)
+    t = jnp.einsum("xm,...xnv->...mnv", s, t)
+    return t.reshape(X.shape)
+
+
+def orbital_density(coefficients: ArrayLike, gamma: ArrayLike, config: EDConfig) -> jax.Array:
+    """Pixel-averaged density sum_pq gamma_pq psi_p psi_q, by the sine transform.
+
+    Equal to ``pixel_average(U gamma U^T)`` up to rounding, at a cost of O(K basis^3) instead
+    of O(grid basis^4).
+
+    Args:
+      coefficients: array (..., basis**2, K), orbitals in the product sine basis.
+      gamma: array (..., K, K), symmetric.
+      config: static settings.
+
+    Returns:
+      array (..., grid, grid), nm^-2.
+    """
+    b = config.basis
+    u = jnp.asarray(coefficients)
+    phi, s = sine_transform_tables(config.length_nm, config.grid, b)
+    phi = jnp.asarray(phi, dtype=u.dtype)
+    s = jnp.asarray(s, dtype=u.dtype)
+    c = u.reshape(u.shape[:-2] + (b, b, u.shape[-1]))
+    z = jnp.einsum("xm,yn,...mnp->...xyp", s, s, c)
+    d = jnp.einsum("...xyp,...pq,...xyq->...xy", z, gamma, z)
+    scale = (1.0 / b) ** 2 / (config.length_nm**2 * config.pixel_nm**2)
+    return scale * jnp.einsum("ik,...kl,jl->...ij", phi, d, phi)
 
 
 def tables(config: EDConfig):

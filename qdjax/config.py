@@ -14,6 +14,7 @@ from qdjax import units
 
 _DTYPES = ("float64", "float32")
 _DENSITY_MODES = ("rdm1", "diagonal")
+_EIGENSOLVERS = ("auto", "dense", "iterative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,13 @@ class EDConfig:
       degeneracy_tol: eV. Many-body states within this energy of the lowest one form the
         ground manifold; energy and density are averaged over it.
       dtype: ``"float64"`` (default) or ``"float32"`` for the ED arithmetic.
+      eigensolver: ``"dense"`` diagonalises the basis^2 x basis^2 single-particle matrix and
+        the many-body matrix completely (the reference); ``"iterative"`` finds the lowest
+        orbitals by matrix-free LOBPCG and the lowest many-body states by LOBPCG (sizes too
+        small for it stay dense); ``"auto"`` (default) uses LOBPCG for the orbitals whenever
+        the basis allows it and for many-body spaces above
+        ``qdjax.ed.FOCK_DENSE_MAX`` determinants. All give the same results to ~1e-12 eV
+        (docs/benchmarks.md, qdjax.single_particle, qdjax.ed).
     """
 
     length_nm: float = 30.0
@@ -46,6 +54,7 @@ class EDConfig:
     density_mode: str = "rdm1"
     degeneracy_tol: float = 1e-6
     dtype: str = "float64"
+    eigensolver: str = "auto"
 
     def __post_init__(self):
         for name in ("grid", "basis", "orbitals"):
@@ -67,6 +76,8 @@ class EDConfig:
             raise ValueError(f"EDConfig.density_mode must be one of {_DENSITY_MODES}, got {self.density_mode!r}")
         if not (isinstance(self.degeneracy_tol, (int, float)) and self.degeneracy_tol >= 0):
             raise ValueError(f"EDConfig.degeneracy_tol must be >= 0 eV, got {self.degeneracy_tol!r}")
+        if self.eigensolver not in _EIGENSOLVERS:
+            raise ValueError(f"EDConfig.eigensolver must be one of {_EIGENSOLVERS}, got {self.eigensolver!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"EDConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
 

@@ -14,6 +14,14 @@ in the box is cut) has the smooth Fourier transform
 
 which is sampled on a 4 grid FFT grid, transformed back and cut to the 2 grid real-space kernel
 once per configuration (docs/theory.md, "Coulomb").
+
+Evaluation. With M = 2 grid, the integrals are the quadratic form of the circular convolution,
+(a|b) = sum_x rho_a(x) (W * rho_b)(x) = (1/M^2) sum_k What(k) conj(rhohat_a(k)) rhohat_b(k)
+(Parseval; exact because rho vanishes outside the first grid x grid block). What is real,
+positive and even in k_x and k_y separately, so only the real transforms
+F rho F^T with F = [cos(2 pi k x / M), k = 0..grid; sin(2 pi k x / M), k = 1..grid-1] survive:
+(a|b) = sum_kl w_kl (F rho_a F^T)_kl (F rho_b F^T)_kl. Two matrix products per pair density and
+one Gram matrix, no inverse transform (about twice as fast as the FFT form, equal to rounding).
 """
 
 from __future__ import annotations
@@ -84,6 +92,32 @@ def vico_kernel(length_nm: float, grid: int) -> np.ndarray:
     return w2
 
 
+@functools.lru_cache(maxsize=16)
+def spectral_tables(length_nm: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real transform F and the square roots of the Gram weights (module docstring).
+
+    Returns:
+      F: float64 (2 grid, grid), the cos rows k = 0..grid then the sin rows k = 1..grid - 1.
+      sqrt_weights: float64 (4 grid^2,), nm^(1/2), flattened over (row of F, row of F),
+        sqrt(mult_k mult_l What(k, l)) / (2 grid) with mult = 1 at k = 0, grid and 2 otherwise.
+    """
+    m = 2 * grid
+    x = np.arange(grid)
+    kc = np.arange(grid + 1)
+    ks = np.arange(1, grid)
+    f = np.concatenate([np.cos(2 * np.pi * np.outer(kc, x) / m), np.sin(2 * np.pi * np.outer(ks, x) / m)])
+    w_hat = np.fft.rfft2(vico_kernel(length_nm, grid)).real[: grid + 1, :]  # (grid + 1, grid + 1)
+    if not np.all(w_hat > 0):
+        raise ValueError("the Coulomb kernel's transform is not positive; increase grid")
+    mult = np.where((kc == 0) | (kc == grid), 1.0, 2.0)
+    w = w_hat * mult[:, None] * mult[None, :] / m**2
+    rows = np.concatenate([kc, ks])  # F row -> frequency index
+    sqrt_w = np.sqrt(w[np.ix_(rows, rows)]).reshape(-1)
+    for a in (f, sqrt_w):
+        a.flags.writeable = False
+    return f, sqrt_w
+
+
 def pair_indices(n_orbitals: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Upper-triangle pairs (p <= q) and the map (p, q) -> pair index.
 
@@ -114,11 +148,19 @@ def coulomb_tensor(orbitals_on_grid: ArrayLike, config: EDConfig) -> jax.Array:
     if not config.interacting:
         return jnp.zeros(psi.shape[:-3] + (k, k, k, k), dtype=psi.dtype)
     p, q, index = pair_indices(k)
-    rho = psi[..., p, :, :] * psi[..., q, :, :]  # (..., P, g, g), nm^-2
-    rho_hat = jnp.fft.rfft2(rho, s=(2 * g, 2 * g))
-    w_hat = jnp.asarray(np.fft.rfft2(vico_kernel(config.length_nm, g)), dtype=rho_hat.dtype)
-    phi = jnp.fft.irfft2(rho_hat * w_hat, s=(2 * g, 2 * g))[..., :g, :g]  # nm^-1
+    f, sqrt_w = spectral_tables(config.length_nm, g)
+    f = jnp.asarray(f, dtype=psi.dtype)
+    sqrt_w = jnp.asarray(sqrt_w, dtype=psi.dtype)
+    lead = psi.shape[:-3]
+    n_pairs = len(p)
+    # Layout (..., y, x, pair) so that both transforms are plain matrix products.
+    ps = jnp.swapaxes(jnp.moveaxis(psi, -3, -1), -3, -2)
+    rho = ps[..., p] * ps[..., q]  # (..., y, x, P), nm^-2
+    t = f @ rho.reshape(lead + (g, g * n_pairs))  # (..., l, x P)
+    t = jnp.swapaxes(t.reshape(lead + (2 * g, g, n_pairs)), -3, -2)  # (..., x, l, P)
+    t = f @ t.reshape(lead + (g, 2 * g * n_pairs))  # (..., k, l P)
+    t = t.reshape(lead + (4 * g * g, n_pairs)) * sqrt_w[:, None]
     prefactor = units.COULOMB_K / config.eps_r * config.pixel_nm**2
-    pairs = prefactor * jnp.einsum("...aij,...bij->...ab", phi, rho)
+    pairs = prefactor * (jnp.swapaxes(t, -1, -2) @ t)
     pairs = 0.5 * (pairs + jnp.swapaxes(pairs, -1, -2))
     return pairs[..., index[:, :, None, None], index[None, None, :, :]]

@@ -19,11 +19,26 @@ Both public functions accept leading batch axes and work under jax.jit (with `n_
 and `config` static), jax.vmap and jax.grad with respect to V. They call an internally jitted
 implementation (one compilation per (shape, dtype, N, config)); inputs are validated before
 any tracing.
+
+Solvers (`EDConfig.eigensolver`): "dense" diagonalises everything completely (the reference);
+"iterative" and "auto" find the orbitals by matrix-free LOBPCG
+(qdjax.single_particle.solve_iterative) and, for many-body spaces of more than
+`FOCK_DENSE_MAX` determinants ("auto") or more than `FOCK_ROOTS + FOCK_GUARD` of them
+("iterative"), the lowest `FOCK_ROOTS` many-body states by LOBPCG on the assembled matrix
+(qdjax.linalg.lowest_eigenpairs), started from the exact solution among the
+`FOCK_COARSE` determinants of lowest diagonal energy. The ground manifold must then lie
+inside those roots with a gap after them. Convergence: both LOBPCG runs stop when every
+wanted residual is below its tolerance (qdjax.single_particle.RESIDUAL_TOL_EV,
+`FOCK_RESIDUAL_TOL_EV`) or at their iteration limits; an eager call (concrete V) checks this
+and recomputes any instance that did not converge, or whose ground manifold fills all
+`FOCK_ROOTS` roots, with the dense solvers (with a RuntimeWarning); under an outer jax.jit or
+jax.grad the check is skipped and the last iterate is returned.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -33,6 +48,33 @@ from jax.typing import ArrayLike
 
 from qdjax import basis, coulomb, fock, linalg, single_particle
 from qdjax.config import EDConfig
+
+
+#: Many-body spaces up to this many determinants are diagonalised densely by "auto".
+FOCK_DENSE_MAX = 300
+#: Many-body states found by LOBPCG (the ground manifold must have fewer).
+FOCK_ROOTS = 4
+#: Extra LOBPCG vectors beyond FOCK_ROOTS.
+FOCK_GUARD = 4
+#: Determinants of lowest diagonal energy in which the many-body start is solved exactly.
+FOCK_COARSE = 64
+#: Many-body LOBPCG convergence: residual norm of every root below this (eV).
+FOCK_RESIDUAL_TOL_EV = {"float64": 1e-10, "float32": 2e-5}
+FOCK_MAX_ITERATIONS = 200
+#: Sternheimer conjugate gradients for many-body derivatives.
+FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
+FOCK_SOLVE_MAX_ITERATIONS = 500
+
+
+def _iterative_orbitals(config: EDConfig) -> bool:
+    return config.eigensolver != "dense" and single_particle.iterative_supported(config)
+
+
+def _iterative_fock(config: EDConfig, n_electrons: int) -> bool:
+    d = fock.sector_dimension(config.orbitals, n_electrons)
+    if config.eigensolver == "dense" or d < 3 * (FOCK_ROOTS + FOCK_GUARD):
+        return False
+    return config.eigensolver == "iterative" or d > FOCK_DENSE_MAX
 
 
 class GroundState(NamedTuple):
@@ -109,15 +151,40 @@ def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:
       Integrals (h1 = U^T H0 U = diag(orbital energies), eri, orbitals); not jitted internally.
     """
     V = jnp.asarray(V, dtype=config.dtype)
-    h0 = single_particle.hamiltonian(V, config)
-    orbitals = single_particle.diagonalize(h0, config)
+    if not _iterative_orbitals(config):
+        return _integrals(V, config)[0]
+    batch = V.shape[:-2]
+    flat = V.reshape((-1,) + V.shape[-2:])
+    out = jax.vmap(lambda v: _integrals(v, config)[0])(flat)
+    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+
+def _integrals(V: jax.Array, config: EDConfig) -> tuple[Integrals, jax.Array]:
+    """Integrals and a convergence flag (True for the dense solver); V (grid, grid) when
+    iterative, any leading axes when dense."""
+    orbitals, h1, converged = _orbitals_and_h1(V, config)
+    eri = coulomb.coulomb_tensor(basis.on_grid(orbitals.coefficients, config), config)
+    return Integrals(h1, eri, orbitals), converged
+
+
+def _orbitals_and_h1(V: jax.Array, config: EDConfig):
+    """Single-particle stage: (Orbitals, h1 = U^T H0 U, converged)."""
+    if _iterative_orbitals(config):
+        orbitals, residuals = single_particle.solve_iterative(V, config)
+        c = orbitals.coefficients
+        h0c = single_particle.apply_hamiltonian(V, c, config)
+        converged = jnp.max(residuals) <= single_particle.RESIDUAL_TOL_EV[config.dtype]
+    else:
+        h0 = single_particle.hamiltonian(V, config)
+        orbitals = single_particle.diagonalize(h0, config)
+        c = orbitals.coefficients
+        h0c = h0 @ c
+        converged = jnp.ones(V.shape[:-2], dtype=bool)
     # U^T H0 U equals diag(orbital energies), but unlike diag(energies) its derivative keeps
     # the coupling inside degenerate levels that the eigenvector derivative leaves out.
-    c = orbitals.coefficients
-    h1 = jnp.einsum("...ap,...ab,...bq->...pq", c, h0, c)
+    h1 = jnp.einsum("...ap,...aq->...pq", c, h0c)
     h1 = 0.5 * (h1 + jnp.swapaxes(h1, -1, -2))
-    eri = coulomb.coulomb_tensor(basis.on_grid(orbitals.coefficients, config), config)
-    return Integrals(h1, eri, orbitals)
+    return orbitals, h1, converged
 
 
 def _ground_manifold(w: jax.Array, tol: float) -> jax.Array:
@@ -143,27 +210,79 @@ def density_from_rdm1(rdm1: ArrayLike, coefficients: ArrayLike, config: EDConfig
     gamma = jnp.asarray(rdm1)
     if config.density_mode == "diagonal":
         gamma = jnp.vectorize(lambda g: jnp.diag(jnp.diag(g)), signature="(k,k)->(k,k)")(gamma)
-    g = jnp.einsum("...ap,...pq,...bq->...ab", coefficients, gamma, coefficients)
-    return basis.pixel_average(g, config)
+    # Equal to basis.pixel_average(U gamma U^T) (the adjoint of the potential matrix) up to
+    # rounding, through the sine transform (qdjax.basis.orbital_density).
+    return basis.orbital_density(coefficients, gamma, config)
 
 
-def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig) -> GroundState:
-    space = fock.fock_space(config.orbitals, n_electrons)
-    h = fock.hamiltonian(space, ints.h1, eri)
-    w, c = linalg.eigh_lowest(h, space.dimension, config.degeneracy_tol)
-    weights = jax.lax.stop_gradient(_ground_manifold(w, config.degeneracy_tol))
-    gamma = fock.rdm1(space, c, weights)
+def _dense_apply(h: jax.Array, x: jax.Array) -> jax.Array:
+    return h @ x
+
+
+def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig):
+    """GroundState of one instance (unbatched integrals) and a convergence flag."""
+    energy, gamma, converged = _many_body_state(ints.h1, eri, n_electrons, config)
     density = density_from_rdm1(gamma, ints.orbitals.coefficients, config)
-    return GroundState(jnp.sum(weights * w), density, gamma, ints.orbitals.energies)
+    return GroundState(energy, density, gamma, ints.orbitals.energies), converged
+
+
+def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: EDConfig):
+    """Fock-space stage of one instance: (energy, rdm1, converged), averaged over the ground
+    manifold."""
+    space = fock.fock_space(config.orbitals, n_electrons)
+    h = fock.hamiltonian(space, h1, eri)
+    tol = config.degeneracy_tol
+    if _iterative_fock(config, n_electrons):
+        w, c, converged = _lowest_many_body(h, config)
+    else:
+        w, c = linalg.eigh_lowest(h, space.dimension, tol)
+        converged = jnp.bool_(True)
+    weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
+    return jnp.sum(weights * w), fock.rdm1(space, c, weights), converged
+
+
+def _lowest_many_body(h: jax.Array, config: EDConfig):
+    """Lowest FOCK_ROOTS states of the dense many-body matrix h (D, D) by LOBPCG."""
+    d = h.shape[-1]
+    block = FOCK_ROOTS + FOCK_GUARD
+    diagonal = jax.lax.stop_gradient(jnp.diagonal(h))
+    coarse = jnp.argsort(diagonal)[: max(min(FOCK_COARSE, d), block + 1)]
+    x0, pre = linalg.block_jacobi(_dense_apply, h, diagonal, coarse, block)
+    w, c, res = linalg.lowest_eigenpairs(
+        _dense_apply,
+        h,
+        pre,
+        x0,
+        FOCK_ROOTS,
+        FOCK_RESIDUAL_TOL_EV[config.dtype],
+        FOCK_MAX_ITERATIONS,
+        config.degeneracy_tol,
+        FOCK_SOLVE_TOL[config.dtype],
+        FOCK_SOLVE_MAX_ITERATIONS,
+    )
+    converged = (jnp.max(res) <= FOCK_RESIDUAL_TOL_EV[config.dtype]) & (w[-1] - w[0] > config.degeneracy_tol)
+    return w, c, converged
 
 
 def _ground_states_single(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
-    ints = integrals(V, config)
-    interacting = tuple(_many_body(ints, ints.eri, n, config) for n in n_electrons)
-    if not with_non_interacting:
-        return GroundStates(interacting, None)
-    zeros = jnp.zeros_like(ints.eri)
-    return GroundStates(interacting, tuple(_many_body(ints, zeros, n, config) for n in n_electrons))
+    ints, converged = _integrals(V, config)
+    jobs = [(n, ints.eri) for n in n_electrons]
+    if with_non_interacting:
+        zeros = jnp.zeros_like(ints.eri)
+        jobs += [(n, zeros) for n in n_electrons]
+    states = []
+    after = ints.h1
+    for n, eri in jobs:
+        # The many-body solves run one after another: jaxlib's batched LAPACK kernels wait on
+        # XLA's intra-op thread pool from inside it, and two of them running side by side on a
+        # 2-thread pool can deadlock. optimization_barrier makes each solve wait for the last.
+        eri, _ = jax.lax.optimization_barrier((eri, after))
+        state, flag = _many_body(ints, eri, n, config)
+        converged = converged & flag
+        states.append(state)
+        after = state.energy
+    k = len(n_electrons)
+    return GroundStates(tuple(states[:k]), tuple(states[k:]) if with_non_interacting else None), converged
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -172,6 +291,31 @@ def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, wi
     flat = V.reshape((-1,) + V.shape[-2:])
     out = jax.vmap(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting))(flat)
     return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+
+def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
+    """_ground_states_batched, with the dense solvers redoing unconverged instances (eager)."""
+    out, converged = _ground_states_batched(V, ns, config, with_non_interacting)
+    if isinstance(converged, jax.core.Tracer) or config.eigensolver == "dense":
+        return out
+    bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
+    if bad.size == 0:
+        return out
+    warnings.warn(
+        f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; "
+        "recomputed with eigensolver='dense'",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    batch = V.shape[:-2]
+    flat_v = V.reshape((-1,) + V.shape[-2:])
+    redo, _ = _ground_states_batched(flat_v[bad], ns, config.replace(eigensolver="dense"), with_non_interacting)
+
+    def merge(a, r):
+        a = a.reshape((-1,) + a.shape[len(batch):])
+        return a.at[bad].set(r).reshape(batch + a.shape[1:])
+
+    return jax.tree.map(merge, out, redo)
 
 
 class GroundStates(NamedTuple):
@@ -212,7 +356,7 @@ def ground_states(
     for n in ns:
         validate(V, n, config)
     ns = tuple(int(n) for n in ns)
-    return _ground_states_batched(jnp.asarray(V, dtype=config.dtype), ns, config, bool(with_non_interacting))
+    return _solve(jnp.asarray(V, dtype=config.dtype), ns, config, bool(with_non_interacting))
 
 
 def ground_state(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> GroundState:
@@ -233,7 +377,7 @@ def ground_state(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) 
     """
     validate(V, n_electrons, config)
     ns = (int(n_electrons),)
-    return _ground_states_batched(jnp.asarray(V, dtype=config.dtype), ns, config, False).interacting[0]
+    return _solve(jnp.asarray(V, dtype=config.dtype), ns, config, False).interacting[0]
 
 
 def ground_density(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()) -> jax.Array:

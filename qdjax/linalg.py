@@ -6,15 +6,34 @@ infinite for degenerate eigenvalues anywhere in the spectrum. Here the pair term
 rotations inside each degenerate group (projectors onto eigenspaces, traces over them, and
 everything the full configuration interaction computes from the orbitals), which is what the
 exact diagonalisation uses (docs/theory.md, "Derivatives").
+
+For large matrices that are only needed through products H X, `lobpcg` finds the lowest few
+eigenpairs and `pcg` solves the shifted, projected linear systems (Sternheimer equations) that
+their derivatives need.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+
+
+@jax.custom_batching.sequential_vmap
+def symmetric_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """jnp.linalg.eigh of one symmetric matrix; under jax.vmap the matrices are done one after
+    another (a loop), never as one batched LAPACK call.
+
+    jaxlib's batched LAPACK kernels spread a batch over XLA's intra-op thread pool and wait for
+    it from inside the pool; two such kernels running side by side (independent solves, or a
+    solve inside a while loop) can deadlock a 2-thread pool. Not differentiable: used only where
+    the derivative is written out (custom JVPs here).
+    """
+    return jnp.linalg.eigh(a)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -29,7 +48,7 @@ def eigh_lowest(h: ArrayLike, k: int, tol: float):
     Returns:
       (w, u): w (..., k) ascending eigenvalues; u (..., n, k) orthonormal eigenvectors.
     """
-    w, u = jnp.linalg.eigh(h)
+    w, u = _eigh(h)
     return w[..., :k], u[..., :, :k]
 
 
@@ -37,7 +56,7 @@ def eigh_lowest(h: ArrayLike, k: int, tol: float):
 def _eigh_lowest_jvp(k, tol, primals, tangents):
     (h,) = primals
     (dh,) = tangents
-    w, u = jnp.linalg.eigh(h)
+    w, u = _eigh(h)
     dh = 0.5 * (dh + jnp.swapaxes(dh, -1, -2))
     uk = u[..., :, :k]
     omega = jnp.einsum("...ji,...jl,...lk->...ik", u, dh, uk)  # (..., n, k): <u_i| dh |u_k>
@@ -47,3 +66,313 @@ def _eigh_lowest_jvp(k, tol, primals, tangents):
     dw = jnp.diagonal(omega[..., :k, :], axis1=-2, axis2=-1)
     du = jnp.einsum("...ij,...jk->...ik", u, f * omega)
     return (w[..., :k], uk), (dw, du)
+
+
+#: Rayleigh-Ritz drops basis directions whose Gram eigenvalue is below RR_DROP_TOL sqrt(eps)
+#: times the largest (nearly dependent directions carry no new information but rounding).
+RR_DROP_TOL = 1e2
+
+
+def _eigh(h: jax.Array):
+    """symmetric_eigh over any leading axes."""
+    if h.ndim == 2:
+        return symmetric_eigh(h)
+    flat = h.reshape((-1,) + h.shape[-2:])
+    w, u = jax.vmap(symmetric_eigh)(flat)
+    return w.reshape(h.shape[:-1]), u.reshape(h.shape)
+
+
+class Eigenpairs(NamedTuple):
+    """Result of `lobpcg`.
+
+    values: (k,) Ritz values, ascending.
+    vectors: (n, k) orthonormal Ritz vectors.
+    residuals: (k,) norms ||H x - theta x|| (unit of H).
+    iterations: int32 scalar, block products with H after the first.
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    residuals: jax.Array
+    iterations: jax.Array
+
+
+def _rayleigh_ritz(basis_vectors: jax.Array, h_basis: jax.Array, k: int):
+    """Lowest k Ritz pairs of H in span(basis_vectors), robust to a rank-deficient basis.
+
+    The Gram matrix G = S^T S (after unit column scaling) is diagonalised; directions with an
+    eigenvalue below RR_DROP_TOL sqrt(eps) of the largest are dropped (given a huge diagonal, so they are
+    never among the lowest k), the rest are orthonormalised through G^(-1/2). No QR.
+
+    Returns:
+      (theta (k,), coefficients (m, k)) with S @ coefficients orthonormal.
+    """
+    gram = basis_vectors.T @ basis_vectors
+    a = basis_vectors.T @ h_basis
+    a = 0.5 * (a + a.T)
+    dg = jnp.diagonal(gram)
+    d = jnp.where(dg > 0, jax.lax.rsqrt(jnp.where(dg > 0, dg, 1.0)), 0.0)
+    gram = d[:, None] * gram * d[None, :]
+    a = d[:, None] * a * d[None, :]
+    lam, z = symmetric_eigh(gram)
+    eps = jnp.finfo(gram.dtype).eps
+    keep = lam > RR_DROP_TOL * jnp.sqrt(eps) * lam[-1]
+    inv_sqrt = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    b = z * inv_sqrt[None, :]
+    big = 1e3 * (jnp.max(jnp.abs(a)) + 1.0)
+    c = b.T @ a @ b + jnp.diag(jnp.where(keep, 0.0, big))
+    theta, y = symmetric_eigh(0.5 * (c + c.T))
+    return theta[:k], d[:, None] * (b @ y[:, :k])
+
+
+def lobpcg(
+    apply_h: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
+    precondition: Callable[[jax.Array, jax.Array], jax.Array],
+    n_target: int,
+    tol: float,
+    max_iterations: int,
+) -> Eigenpairs:
+    """Lowest eigenpairs of a symmetric operator by the locally optimal block preconditioned
+    conjugate gradient method (A. V. Knyazev, SIAM J. Sci. Comput. 23, 517 (2001)).
+
+    Each iteration costs one product of H with the block of preconditioned residuals W; the
+    products H X and H P are carried along (updated with the Ritz coefficients), never
+    recomputed. Rayleigh-Ritz on span[X, W, P] uses a Gram matrix and its eigendecomposition
+    instead of QR (see `_rayleigh_ritz`). Iterates inside `lax.while_loop` until the first
+    `n_target` residual norms are <= tol or `max_iterations` is reached; under `jax.vmap` every
+    lane stops updating once it has converged (the loop runs until the slowest lane is done).
+
+    Args:
+      apply_h: X (n, m) -> H X, linear, H symmetric.
+      x0: (n, k) starting block, full column rank; k - n_target extra vectors guard the
+        convergence of the last target pairs.
+      precondition: (R (n, k), theta (k,)) -> approximate (H - theta)^-1 R, symmetric positive.
+      n_target: the first n_target pairs must meet tol.
+      tol: residual norm threshold, unit of H.
+      max_iterations: upper bound on iterations.
+
+    Returns:
+      Eigenpairs (values and vectors of all k columns; residuals tell which converged).
+    """
+    k = x0.shape[-1]
+    hx0 = apply_h(x0)
+    theta, c = _rayleigh_ritz(x0, hx0, k)
+    x, hx = x0 @ c, hx0 @ c
+    zeros = jnp.zeros_like(x)
+
+    def residual_norms(x, hx, theta):
+        return jnp.linalg.norm(hx - x * theta[None, :], axis=0)
+
+    def cond(state):
+        _, _, _, _, _, res, it = state
+        return jnp.logical_and(it < max_iterations, jnp.max(res[:n_target]) > tol)
+
+    def body(state):
+        x, hx, p, hp, theta, _, it = state
+        w = precondition(hx - x * theta[None, :], theta)
+        w = w - x @ (x.T @ w)
+        w = w - x @ (x.T @ w)
+        hw = apply_h(w)
+        s = jnp.concatenate([x, w, p], axis=1)
+        hs = jnp.concatenate([hx, hw, hp], axis=1)
+        theta, c = _rayleigh_ritz(s, hs, k)
+        cp = c.at[:k].set(0.0)  # P = the W and P parts of the update: orthogonal to old X
+        x, hx = s @ c, hs @ c
+        p, hp = s @ cp, hs @ cp
+        return x, hx, p, hp, theta, residual_norms(x, hx, theta), it + 1
+
+    state = (x, hx, zeros, zeros, theta, residual_norms(x, hx, theta), jnp.int32(0))
+    x, hx, _, _, theta, res, it = jax.lax.while_loop(cond, body, state)
+    return Eigenpairs(theta, x, res, it)
+
+
+def pcg(
+    matvec: Callable[[jax.Array], jax.Array],
+    b: jax.Array,
+    precondition: Callable[[jax.Array], jax.Array],
+    tol: float,
+    max_iterations: int,
+) -> jax.Array:
+    """Preconditioned conjugate gradients, column by column, for symmetric positive A.
+
+    Solves A x_j = b_j for every column j of b (n, m) at once (each column has its own step
+    lengths). Stops when every column has ||r_j|| <= tol ||b_j|| or after max_iterations.
+
+    Args:
+      matvec: X (n, m) -> A X, A symmetric positive definite on the space the b_j live in.
+      b: (n, m) right-hand sides.
+      precondition: R (n, m) -> M^-1 R, symmetric positive definite.
+      tol: relative residual threshold.
+      max_iterations: upper bound on iterations.
+
+    Returns:
+      x (n, m).
+    """
+    bnorm = jnp.linalg.norm(b, axis=0)
+    x = jnp.zeros_like(b)
+    r = b
+    z = precondition(r)
+    rz = jnp.sum(r * z, axis=0)
+
+    def safe_div(num, den):
+        ok = den != 0
+        return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+    def cond(state):
+        _, r, _, _, it = state
+        return jnp.logical_and(it < max_iterations, jnp.any(jnp.linalg.norm(r, axis=0) > tol * bnorm))
+
+    def body(state):
+        x, r, p, rz, it = state
+        ap = matvec(p)
+        alpha = safe_div(rz, jnp.sum(p * ap, axis=0))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r)
+        rz_new = jnp.sum(r * z, axis=0)
+        p = z + safe_div(rz_new, rz) * p
+        return x, r, p, rz_new, it + 1
+
+    x, *_ = jax.lax.while_loop(cond, body, (x, r, z, rz, jnp.int32(0)))
+    return x
+
+
+def _within_block_terms(w: jax.Array, omega: jax.Array, tol: float) -> jax.Array:
+    """F * omega with F[i, k] = 1 / (w_k - w_i) for |w_k - w_i| > tol, else 0."""
+    gap = w[None, :] - w[:, None]
+    inside = jnp.abs(gap) > tol
+    return jnp.where(inside, 1.0 / jnp.where(inside, gap, 1.0), 0.0) * omega
+
+
+class Preconditioner(NamedTuple):
+    """Data of the block-Jacobi preconditioner of `lowest_eigenpairs` (not differentiated).
+
+    diagonal: (n,) diagonal of H, the model of H outside the coarse block.
+    coarse: (s,) int indices of the coarse block, in which H is inverted exactly.
+    coarse_values, coarse_vectors: (s,), (s, s) eigendecomposition of H restricted to it.
+    """
+
+    diagonal: jax.Array
+    coarse: jax.Array
+    coarse_values: jax.Array
+    coarse_vectors: jax.Array
+
+
+def block_jacobi(apply_h: Callable, params, diagonal: jax.Array, coarse: jax.Array, block: int):
+    """Starting block and `Preconditioner` from the exact solution in a coarse subspace.
+
+    Args:
+      apply_h: (params, X) -> H X.
+      params: H's parameters.
+      diagonal: (n,) diagonal of H.
+      coarse: (s,) int indices, s >= block (e.g. the lowest diagonal entries).
+      block: number of starting vectors.
+
+    Returns:
+      (x0 (n, block), Preconditioner).
+    """
+    params = jax.lax.stop_gradient(params)
+    n = diagonal.shape[0]
+    unit = jnp.zeros((n, coarse.shape[0]), diagonal.dtype).at[coarse, jnp.arange(coarse.shape[0])].set(1.0)
+    hc = apply_h(params, unit)[coarse]
+    lam, z = symmetric_eigh(0.5 * (hc + hc.T))
+    x0 = jnp.zeros((n, block), diagonal.dtype).at[coarse].set(z[:, :block])
+    return x0, Preconditioner(jax.lax.stop_gradient(diagonal), coarse, lam, z)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 4, 5, 6, 7, 8, 9))
+def lowest_eigenpairs(
+    apply_h: Callable,
+    params,
+    preconditioner: Preconditioner,
+    x0: jax.Array,
+    n_target: int,
+    tol: float,
+    max_iterations: int,
+    degeneracy_tol: float,
+    solve_tol: float,
+    solve_max_iterations: int,
+):
+    """Lowest eigenpairs of H(params) by `lobpcg`, differentiable with respect to params.
+
+    H(params) is given only through apply_h(params, X) = H(params) X, which must be linear in
+    params (a matrix, or the integrals of a many-body Hamiltonian). Preconditioner: block
+    Jacobi around sigma, a little below the lowest coarse level: (H_cc - sigma)^-1 exactly on
+    the coarse block, (diagonal - sigma)^-1 (floored) elsewhere (`block_jacobi` builds it).
+
+    Derivative (custom JVP; jax.grad transposes it): for the n_target returned pairs,
+    dw_k = u_k^T dH u_k and du_k = sum_{j != k} u_j <u_j|dH|u_k> / (w_k - w_j) (pairs closer than
+    degeneracy_tol dropped, as in `eigh_lowest`) plus y_k from the projected Sternheimer
+    equation (Q H Q - w_k) y_k = -Q dH u_k, Q = 1 - U U^T, solved by `pcg` to solve_tol. It is
+    exact for quantities invariant under rotations inside degenerate groups, provided
+    w_{n_target} < w_{n_target + 1} (a gap after the returned block).
+
+    Args:
+      apply_h: (params, X (n, m)) -> H X. Static (hashable) under jit.
+      params: pytree of arrays defining H, differentiable.
+      preconditioner: `Preconditioner` (not differentiated).
+      x0: (n, k) starting block, k > n_target.
+      n_target, tol, max_iterations: see `lobpcg`.
+      degeneracy_tol: gaps at or below this count as degenerate in the derivative.
+      solve_tol, solve_max_iterations: Sternheimer conjugate gradients settings.
+
+    Returns:
+      (values (n_target,), vectors (n, n_target), residuals (n_target,)).
+    """
+    w, u, res, _ = _lowest_eigenpairs(apply_h, params, preconditioner, x0, n_target, tol, max_iterations)
+    return w, u, res
+
+
+def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, max_iterations):
+    k = x0.shape[-1]
+    lam, z = pre.coarse_values, pre.coarse_vectors
+    spread = lam[k] - lam[0] if lam.shape[0] > k else lam[-1] - lam[0]
+    spread = spread + jnp.finfo(lam.dtype).eps * (jnp.abs(lam[0]) + 1.0)
+    sigma = lam[0] - 0.05 * spread
+    outside = jnp.maximum(pre.diagonal - sigma, spread)
+    inverse = (z / (lam - sigma)[None, :]) @ z.T
+
+    def precondition(r, theta):
+        return (r / outside[:, None]).at[pre.coarse].set(inverse @ r[pre.coarse])
+
+    result = lobpcg(lambda x: apply_h(params, x), x0, precondition, n_target, tol, max_iterations)
+    return result.values[:n_target], result.vectors[:, :n_target], result.residuals[:n_target], result.values
+
+
+@lowest_eigenpairs.defjvp
+def _lowest_eigenpairs_jvp(apply_h, n_target, tol, max_iterations, degeneracy_tol, solve_tol, solve_max, primals, tangents):
+    params, pre, x0 = primals
+    dparams = tangents[0]
+    w, u, res, _ = _lowest_eigenpairs(apply_h, params, pre, x0, n_target, tol, max_iterations)
+    dhu = apply_h(dparams, u)
+    omega = u.T @ dhu
+    dw = jnp.diagonal(omega)
+
+    def project(y):
+        return y - u @ (u.T @ y)
+
+    def matvec(y):
+        return project(apply_h(params, y) - y * w[None, :])
+
+    # SPD model of Q (H - w_k) Q: coarse levels above the targets shifted by w_k (floored);
+    # coarse levels among the targets (projected out anyway) and the rest by a diagonal model.
+    lam, z = pre.coarse_values, pre.coarse_vectors
+    scale = lam[-1] - lam[0] + jnp.finfo(lam.dtype).eps * (jnp.abs(lam[0]) + 1.0)
+    shifted = lam[:, None] - w[None, :]
+    coarse = jnp.where(jnp.arange(lam.shape[0])[:, None] < n_target, scale, jnp.maximum(shifted, 1e-3 * scale))
+    outside = jnp.maximum(pre.diagonal[:, None] - w[None, :], scale)
+
+    def precondition(r):
+        r = project(r)
+        out = (r / outside).at[pre.coarse].set(z @ ((z.T @ r[pre.coarse]) / coarse))
+        return project(out)
+
+    def solve(matvec, b):
+        # b -> (Q (H - w) Q)^+ Q b is symmetric, hence its own transpose (reverse mode passes
+        # cotangents outside range(Q)).
+        return pcg(matvec, project(b), precondition, solve_tol, solve_max)
+
+    y = jax.lax.custom_linear_solve(matvec, -(dhu - u @ omega), solve, symmetric=True)
+    du = u @ _within_block_terms(w, omega, degeneracy_tol) + y
+    return (w, u, res), (dw, du, jnp.zeros_like(res))

@@ -3,14 +3,33 @@
 The kinetic energy is diagonal and analytic; the potential matrix is exact for pixel-wise
 constant V (qdjax.basis). The lowest `config.orbitals` eigenpairs define the orbitals of the
 many-body problem (Pantis-Simut et al. 2023, section III.1; paper: 32 x 32 basis, 8 orbitals).
+
+Two solvers give the same orbitals:
+
+- `solve` / `diagonalize`: dense symmetric eigendecomposition of the basis^2 x basis^2 matrix
+  (the reference; O(basis^6)).
+- `solve_iterative`: LOBPCG (qdjax.linalg.lobpcg) on the matrix-free H0 X = T X + <V> X
+  (qdjax.basis.apply_potential, O(basis^3) per column), started from and preconditioned by the
+  exact solution in the `COARSE_MODES` lowest kinetic modes (block Jacobi: the coarse block of
+  H0 inverted exactly, (T + mean(V) - sigma)^-1 on the other modes). Its derivative is written
+  out (custom JVP, transposed by JAX for jax.grad): inside the K orbitals the pair terms
+  1/(w_k - w_j) with the same degenerate-pair rule as the dense path; the part outside span(U)
+  from the Sternheimer equation (Q H0 Q - w_k) y_k = -Q dH0 u_k, Q = 1 - U U^T, solved by
+  preconditioned conjugate gradients (qdjax.linalg.pcg). This assumes a gap between w_K and
+  w_{K+1} (the K-th and (K+1)-th levels are not degenerate): a degenerate pair straddling the
+  K boundary makes the truncated many-body problem itself depend on the arbitrary choice of
+  vectors, and the dense path then keeps one choice without derivative coupling; the iterative
+  path's Sternheimer solve is then ill-conditioned and stops at its iteration limit.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from qdjax import basis, linalg
@@ -19,6 +38,18 @@ from qdjax.config import EDConfig
 #: Eigenvalue gaps below this (eV) count as degenerate when differentiating orbitals; far
 #: above the rounding of eigenvalues (~1e-14 eV) and far below physical level spacings.
 DEGENERACY_TOL_EV = 1e-9
+
+#: Lowest kinetic modes in which H0 is diagonalised exactly to start and precondition LOBPCG.
+COARSE_MODES = 64
+#: LOBPCG convergence: every target residual ||H0 u - w u|| below this (eV). In float64 this
+#: gives orbital energies to ~1e-15 eV and orbitals to ~1e-11 (the error of a Ritz value is
+#: quadratic in the residual); in float32 it sits just above the rounding floor.
+RESIDUAL_TOL_EV = {"float64": 1e-10, "float32": 2e-5}
+#: LOBPCG iteration limit; paper potentials need 12-16.
+MAX_ITERATIONS = 80
+#: Sternheimer conjugate gradients: relative residual and iteration limit.
+STERNHEIMER_TOL = {"float64": 1e-12, "float32": 1e-5}
+STERNHEIMER_MAX_ITERATIONS = 300
 
 
 class Orbitals(NamedTuple):
@@ -77,3 +108,163 @@ def diagonalize(h0: ArrayLike, config: EDConfig) -> Orbitals:
     """
     energies, coefficients = linalg.eigh_lowest(h0, config.orbitals, DEGENERACY_TOL_EV)
     return Orbitals(energies, coefficients)
+
+
+def guard_vectors(orbitals: int) -> int:
+    """Extra LOBPCG vectors beyond the K wanted ones: max(2, K / 2)."""
+    return max(2, orbitals // 2)
+
+
+@functools.lru_cache(maxsize=32)
+def _coarse_modes(length_nm: float, basis_size: int, m_eff: float, count: int) -> np.ndarray:
+    kinetic = basis.kinetic_energies(length_nm, basis_size, m_eff)
+    modes = np.sort(np.argsort(kinetic, kind="stable")[:count])
+    modes.flags.writeable = False
+    return modes
+
+
+def iterative_supported(config: EDConfig) -> bool:
+    """Whether the basis is large enough for `solve_iterative` (3 blocks fit, coarse space too)."""
+    block = config.orbitals + guard_vectors(config.orbitals)
+    return config.basis**2 >= max(3 * block, 2 * COARSE_MODES) and block <= COARSE_MODES
+
+
+class _Setup(NamedTuple):
+    spectrum: jax.Array  # (2b-1, 2b-1) eV, basis.potential_spectrum
+    kinetic: jax.Array  # (b^2,) eV
+    high: jax.Array  # (b^2,) eV, T + mean(V): diagonal model of H0 outside the coarse modes
+    coarse_values: jax.Array  # (s,) eV, eigenvalues of the coarse block
+    coarse_vectors: jax.Array  # (s, s)
+
+
+def _setup(V: jax.Array, config: EDConfig) -> _Setup:
+    modes = _coarse_modes(config.length_nm, config.basis, config.m_eff, COARSE_MODES)
+    _, kinetic, _ = basis.tables(config)
+    kinetic = jnp.asarray(kinetic, dtype=V.dtype)
+    block = basis.potential_submatrix(V, modes, config) + jnp.diag(kinetic[modes])
+    lam, z = linalg.symmetric_eigh(block)
+    return _Setup(basis.potential_spectrum(V, config), kinetic, kinetic + jnp.mean(V), lam, z)
+
+
+def _apply_h0(setup: _Setup, x: jax.Array, config: EDConfig) -> jax.Array:
+    return setup.kinetic[:, None] * x + basis.apply_potential(setup.spectrum, x, config)
+
+
+def _lobpcg(V: jax.Array, config: EDConfig):
+    """Lowest K eigenpairs by LOBPCG; returns (energies, coefficients, residuals, setup)."""
+    k = config.orbitals
+    block = k + guard_vectors(k)
+    modes = _coarse_modes(config.length_nm, config.basis, config.m_eff, COARSE_MODES)
+    setup = _setup(V, config)
+    lam, z = setup.coarse_values, setup.coarse_vectors
+    # Block-Jacobi preconditioner around sigma, a little below the lowest coarse level (an upper
+    # bound of the lowest level), so that both blocks are positive definite.
+    spread = lam[block] - lam[0]
+    sigma = lam[0] - 0.05 * spread
+    high = jnp.maximum(setup.high - sigma, spread)
+    inverse = (z / (lam - sigma)[None, :]) @ z.T
+
+    def precondition(r, theta):
+        out = r / high[:, None]
+        return out.at[modes].set(inverse @ r[modes])
+
+    x0 = jnp.zeros((config.basis**2, block), V.dtype).at[modes].set(z[:, :block])
+    result = linalg.lobpcg(
+        lambda x: _apply_h0(setup, x, config),
+        x0,
+        precondition,
+        n_target=k,
+        tol=RESIDUAL_TOL_EV[config.dtype],
+        max_iterations=MAX_ITERATIONS,
+    )
+    return result.values[:k], result.vectors[:, :k], result.residuals[:k], setup
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _lowest(V: jax.Array, config: EDConfig):
+    w, u, residuals, _ = _lobpcg(V, config)
+    return w, u, residuals
+
+
+@_lowest.defjvp
+def _lowest_jvp(config, primals, tangents):
+    (V,) = primals
+    (dV,) = tangents
+    w, u, residuals, setup = _lobpcg(V, config)
+    modes = _coarse_modes(config.length_nm, config.basis, config.m_eff, COARSE_MODES)
+    k = config.orbitals
+    # First order: dH0 u_k through the same matrix-free product.
+    dhu = basis.apply_potential(basis.potential_spectrum(dV, config), u, config)
+    omega = u.T @ dhu  # (K, K): <u_i| dH0 |u_k>
+    gap = w[None, :] - w[:, None]  # w_k - w_i
+    inside = jnp.abs(gap) > DEGENERACY_TOL_EV
+    f = jnp.where(inside, 1.0 / jnp.where(inside, gap, 1.0), 0.0)
+    dw = jnp.diagonal(omega)
+
+    def project(y):
+        return y - u @ (u.T @ y)
+
+    def matvec(y):
+        return project(_apply_h0(setup, y, config) - y * w[None, :])
+
+    lam, z = setup.coarse_values, setup.coarse_vectors
+    scale = lam[-1] - lam[0]
+    # SPD preconditioner of Q (H0 - w_k) Q: coarse levels above K shifted by w_k (floored), the
+    # coarse levels inside K (projected out anyway) and the other modes by a kinetic model.
+    shifted = lam[:, None] - w[None, :]
+    coarse = jnp.where(jnp.arange(lam.shape[0])[:, None] < k, scale, jnp.maximum(shifted, 1e-3 * scale))
+    high = jnp.maximum(setup.high[:, None] - w[None, :], scale)
+
+    def precondition(r):
+        r = project(r)
+        out = r / high
+        out = out.at[modes].set(z @ ((z.T @ r[modes]) / coarse))
+        return project(out)
+
+    def solve(matvec, b):
+        # The solution map b -> (Q (H0 - w) Q)^+ Q b is symmetric, so it is its own transpose
+        # (reverse mode passes cotangents that are not in range(Q)).
+        return linalg.pcg(matvec, project(b), precondition, STERNHEIMER_TOL[config.dtype], STERNHEIMER_MAX_ITERATIONS)
+
+    rhs = -(dhu - u @ omega)
+    y = jax.lax.custom_linear_solve(matvec, rhs, solve, symmetric=True)
+    du = u @ (f * omega) + y
+    return (w, u, residuals), (dw, du, jnp.zeros_like(residuals))
+
+
+def solve_iterative(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Array]:
+    """Lowest `config.orbitals` eigenpairs by matrix-free LOBPCG (module docstring).
+
+    Args:
+      V: float array (grid, grid), eV (one potential; use jax.vmap for a batch).
+      config: static settings; `iterative_supported(config)` must hold.
+
+    Returns:
+      (Orbitals, residuals): residuals (K,) eV, ||H0 u_k - w_k u_k||; converged where
+      <= RESIDUAL_TOL_EV[config.dtype]. Each orbital's largest coefficient is positive (its
+      sign is otherwise arbitrary, and so is the basis inside a degenerate level).
+    """
+    V = jnp.asarray(V)
+    w, u, residuals = _lowest(V, config)
+    # Sign convention: the largest coefficient of each orbital is positive, so that the output
+    # does not depend on the iteration count (each Rayleigh-Ritz step picks signs anew).
+    peak = jnp.take_along_axis(u, jnp.argmax(jnp.abs(u), axis=0)[None, :], axis=0)
+    u = u * jax.lax.stop_gradient(jnp.where(peak < 0, -1.0, 1.0)).astype(u.dtype)
+    return Orbitals(w, u), residuals
+
+
+def apply_hamiltonian(V: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.Array:
+    """H0 X without forming H0: T X + <V> X (qdjax.basis.apply_potential).
+
+    Args:
+      V: float array (grid, grid), eV.
+      X: array (basis**2, m).
+      config: static settings.
+
+    Returns:
+      array (basis**2, m), eV.
+    """
+    V = jnp.asarray(V)
+    _, kinetic, _ = basis.tables(config)
+    kinetic = jnp.asarray(kinetic, dtype=X.dtype)
+    return kinetic[:, None] * X + basis.apply_potential(basis.potential_spectrum(V, config), X, config)

@@ -1,0 +1,301 @@
+"""Throughput of qdjax's exact diagonalisation against the NumPy/SciPy/PySCF peer pipeline.
+
+For N = 1..4 at the paper's defaults (L = 30 nm, grid 64, basis 32, 8 orbitals, GaAs) and the
+paper's random potentials (qdjax.potentials.random_potentials), measured in one run:
+
+- qdjax per stage, each stage jitted and vmapped on its own over the batch: single-particle
+  (orbitals and h1 = U^T H0 U), Coulomb (orbitals on the grid and (pq|rs)), Fock space (many-body
+  Hamiltonian, ground manifold, 1-RDM), density; and end to end through the public
+  qdjax.ed.ground_state on the whole batch; batch sizes 1, 4, 16, 64, 256;
+- the peer pipeline (benchmarks/peer_ed.py: scipy.linalg.eigh of the lowest K, NumPy FFT
+  Coulomb, pyscf.fci.direct_spin1) one potential after another, per stage and end to end, on
+  the same potentials;
+- agreement: PySCF FCI on qdjax's own integrals against qdjax's energy (must agree to 1e-8 eV),
+  and the two independent pipelines end to end (energies, densities);
+- float32: the same end-to-end throughput and the error against float64.
+
+Thread settings are the same for both sides: `--threads 1` pins the process to one core
+(os.sched_setaffinity) and sets OMP/OpenBLAS/MKL threads to 1; `--threads 2` allows both cores.
+Both are set before NumPy, SciPy or JAX are imported.
+
+Extra modes: `--sharding` (batched ED sharded over a jax.sharding mesh of 8 simulated CPU
+devices, checked against one device) and `--large` (N = 5, 6 and 12-16 orbitals with the
+iterative many-body solver: sizes, times, memory).
+
+Command (results as JSON on stdout's last line and in --json):
+    python benchmarks/bench_ed.py --threads 1 --json /tmp/bench_ed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def _configure_threads(threads: int, devices: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if threads == 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    if devices > 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        )
+
+
+def _parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1, choices=(1, 2))
+    p.add_argument("--electrons", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (fewer for large batches)")
+    p.add_argument("--peer-potentials", type=int, default=8, help="potentials the peer solves per repeat")
+    p.add_argument("--float32-batches", type=int, nargs="*", default=[16], help="batch sizes also timed in float32")
+    p.add_argument("--sharding", action="store_true", help="multi-device mode (8 simulated CPU devices)")
+    p.add_argument("--large", action="store_true", help="N = 5, 6 and 12-16 orbitals")
+    p.add_argument("--json", default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None:
+    _configure_threads(ARGS.threads, 8 if ARGS.sharding else 1)
+
+import numpy as np  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import qdjax  # noqa: E402
+from qdjax import basis, coulomb, ed, fock, potentials  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer_ed  # noqa: E402
+
+
+def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), times
+
+
+def _repeats_for(batch: int, repeats: int) -> int:
+    """All repeats up to batch 16, half of them at 64, 2 at 256."""
+    return repeats if batch <= 16 else max(2, repeats // 2) if batch <= 64 else 2
+
+
+def stage_functions(config: qdjax.EDConfig, n: int):
+    """The four stages of qdjax.ed, each jitted and vmapped over a batch on its own."""
+    single = jax.jit(jax.vmap(lambda v: ed._orbitals_and_h1(v, config)[:2]))
+    coul = jax.jit(jax.vmap(lambda c: coulomb.coulomb_tensor(basis.on_grid(c, config), config)))
+    many = jax.jit(jax.vmap(lambda h1, eri: ed._many_body_state(h1, eri, n, config)[:2]))
+    dens = jax.jit(jax.vmap(lambda g, c: ed.density_from_rdm1(g, c, config)))
+    return single, coul, many, dens
+
+
+def bench_qdjax(V: np.ndarray, n: int, config: qdjax.EDConfig, repeats: int) -> dict:
+    """Per-stage and end-to-end instances per second on the batch V (b, grid, grid)."""
+    b = V.shape[0]
+    Vj = jnp.asarray(V, dtype=config.dtype)
+    single, coul, many, dens = stage_functions(config, n)
+    orbitals, h1 = single(Vj)
+    eri = coul(orbitals.coefficients)
+    energy, gamma = many(h1, eri)
+    jax.block_until_ready(dens(gamma, orbitals.coefficients))
+    r = _repeats_for(b, repeats)
+    out = {}
+    for name, fn in (
+        ("single_particle", lambda: single(Vj)),
+        ("coulomb", lambda: coul(orbitals.coefficients)),
+        ("fock", lambda: many(h1, eri)),
+        ("density", lambda: dens(gamma, orbitals.coefficients)),
+    ):
+        med, _ = _median_time(fn, r)
+        out[name] = b / med
+    jax.block_until_ready(ed.ground_state(Vj, n, config).energy)  # compile
+    med, times = _median_time(lambda: ed.ground_state(Vj, n, config).energy, r)
+    out["end_to_end"] = b / med
+    out["repeats"] = r
+    out["end_to_end_times_s"] = times
+    return out
+
+
+def bench_peer(V: np.ndarray, n: int, repeats: int) -> dict:
+    """Peer pipeline, one potential after another: per-stage and total instances per second."""
+    peer_ed.ground_state(V[0], n)  # tables, imports
+    per = {k: [] for k in ("single_particle", "coulomb", "fci", "density", "total")}
+    for _ in range(repeats):
+        for v in V:
+            t = time.perf_counter()
+            gs = peer_ed.ground_state(v, n)
+            total = time.perf_counter() - t
+            for k in ("single_particle", "coulomb", "fci", "density"):
+                per[k].append(gs["timings"][k])
+            per["total"].append(total)
+    out = {k: 1.0 / float(np.median(t)) for k, t in per.items()}
+    out["median_ms"] = {k: 1e3 * float(np.median(t)) for k, t in per.items()}
+    out["min_ms"] = {k: 1e3 * float(np.min(t)) for k, t in per.items()}
+    return out
+
+
+def agreement(V: np.ndarray, n: int, config: qdjax.EDConfig) -> dict:
+    """PySCF FCI on qdjax's integrals vs qdjax; peer end to end vs qdjax end to end."""
+    gs = ed.ground_state(jnp.asarray(V), n, config)
+    ints = ed.integrals(jnp.asarray(V), config)
+    same, e2e_e, e2e_n = [], [], []
+    for i, v in enumerate(V):
+        e_fci, _ = peer_ed.fci(np.asarray(ints.h1[i]), np.asarray(ints.eri[i]), n)
+        same.append(abs(e_fci - float(gs.energy[i])))
+        peer = peer_ed.ground_state(v, n)
+        e2e_e.append(abs(peer["energy"] - float(gs.energy[i])))
+        e2e_n.append(float(np.abs(peer["density"] - np.asarray(gs.density[i])).max() / peer["density"].max()))
+    dense = ed.ground_state(jnp.asarray(V), n, config.replace(eigensolver="dense"))
+    return {
+        "pyscf_on_qdjax_integrals_max_abs_eV": max(same),
+        "peer_end_to_end_energy_max_abs_eV": max(e2e_e),
+        "peer_end_to_end_density_max_rel": max(e2e_n),
+        "iterative_vs_dense_energy_max_abs_eV": float(jnp.abs(gs.energy - dense.energy).max()),
+        "iterative_vs_dense_density_max_rel": float(
+            jnp.abs(gs.density - dense.density).max() / jnp.abs(dense.density).max()
+        ),
+    }
+
+
+def float32_error(V: np.ndarray, n: int, config: qdjax.EDConfig) -> dict:
+    g64 = ed.ground_state(jnp.asarray(V), n, config)
+    g32 = ed.ground_state(jnp.asarray(V, dtype=jnp.float32), n, config.replace(dtype="float32"))
+    return {
+        "energy_max_abs_eV": float(jnp.abs(g32.energy.astype(jnp.float64) - g64.energy).max()),
+        "density_max_rel": float(
+            jnp.abs(g32.density.astype(jnp.float64) - g64.density).max() / jnp.abs(g64.density).max()
+        ),
+    }
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores_visible": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def run_paper(args) -> dict:
+    config = qdjax.EDConfig()
+    results = {"config": "EDConfig() (paper defaults)", "threads": args.threads, "N": {}}
+    max_batch = max(args.batches)
+    V_all = potentials.random_potentials(list(range(max_batch)), config)
+    for n in args.electrons:
+        entry = {"dimension": fock.sector_dimension(config.orbitals, n), "qdjax": {}, "qdjax_float32": {}}
+        print(f"N = {n}", flush=True)
+        entry["peer"] = bench_peer(V_all[: args.peer_potentials], n, max(1, args.repeats // 2))
+        for b in args.batches:
+            entry["qdjax"][b] = bench_qdjax(V_all[:b], n, config, args.repeats)
+            print(f"  batch {b:4d}: {entry['qdjax'][b]['end_to_end']:9.1f} /s end to end "
+                  f"(peer {entry['peer']['total']:.1f} /s)", flush=True)
+            if b in args.float32_batches:
+                entry["qdjax_float32"][b] = bench_qdjax(V_all[:b], n, config.replace(dtype="float32"), args.repeats)
+        entry["agreement"] = agreement(V_all[:4], n, config)
+        if args.float32_batches:
+            entry["float32_error"] = float32_error(V_all[:8], n, config)
+        best = max(entry["qdjax"][b]["end_to_end"] for b in args.batches)
+        entry["ratio_end_to_end_best_batch"] = best / entry["peer"]["total"]
+        entry["ratio_end_to_end_batch1"] = entry["qdjax"][min(args.batches)]["end_to_end"] / entry["peer"]["total"]
+        print(f"  ratio qdjax / peer: {entry['ratio_end_to_end_best_batch']:.1f} (best batch), "
+              f"{entry['ratio_end_to_end_batch1']:.1f} (batch 1); agreement {entry['agreement']}", flush=True)
+        results["N"][n] = entry
+    return results
+
+
+def run_sharding(args) -> dict:
+    """Batched ED sharded over a 1D mesh of all devices vs one device."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    config = qdjax.EDConfig()
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("batch",))
+    out = {"devices": len(devices), "N": {}}
+    for n in args.electrons:
+        rows = {}
+        for b in (8, 32, 64):
+            V = jnp.asarray(potentials.random_potentials(list(range(b)), config))
+            single = jax.device_put(V, devices[0])
+            sharded = jax.device_put(V, NamedSharding(mesh, PartitionSpec("batch")))
+            ref = ed.ground_state(single, n, config)
+            got = ed.ground_state(sharded, n, config)
+            t1, _ = _median_time(lambda: ed.ground_state(single, n, config).energy, 3)
+            t8, _ = _median_time(lambda: ed.ground_state(sharded, n, config).energy, 3)
+            rows[b] = {
+                "one_device_per_s": b / t1,
+                "sharded_per_s": b / t8,
+                "speedup": t1 / t8,
+                "energy_max_abs_diff_eV": float(jnp.abs(got.energy - ref.energy).max()),
+                "density_max_abs_diff": float(jnp.abs(got.density - ref.density).max()),
+                "output_sharding": str(got.energy.sharding),
+            }
+            print(n, b, rows[b], flush=True)
+        out["N"][n] = rows
+    return out
+
+
+def run_large(args) -> dict:
+    """Iterative many-body solver beyond the paper: sizes, times and peak memory."""
+    import resource
+
+    out = []
+    V = potentials.random_potentials([0, 1], qdjax.EDConfig())
+    for k, n in ((8, 5), (8, 6), (12, 4), (12, 5), (12, 6), (16, 4), (16, 5)):
+        config = qdjax.EDConfig(orbitals=k)
+        d = fock.sector_dimension(k, n)
+        Vj = jnp.asarray(V)
+        try:
+            t0 = time.perf_counter()
+            gs = ed.ground_state(Vj, n, config)
+            jax.block_until_ready(gs.energy)
+            first = time.perf_counter() - t0
+            med, _ = _median_time(lambda: ed.ground_state(Vj, n, config).energy, 2)
+            row = {"orbitals": k, "N": n, "dimension": d, "first_call_s": first,
+                   "per_instance_s": med / len(V), "energy_eV": [float(e) for e in gs.energy],
+                   "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        except Exception as err:  # report what does not fit
+            row = {"orbitals": k, "N": n, "dimension": d, "error": f"{type(err).__name__}: {err}"[:300]}
+        print(row, flush=True)
+        out.append(row)
+    return out
+
+
+def main(args) -> None:
+    results = {"command": "python " + " ".join(sys.argv), "machine": machine()}
+    if args.sharding:
+        results["sharding"] = run_sharding(args)
+    elif args.large:
+        results["large"] = run_large(args)
+    else:
+        results["paper"] = run_paper(args)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    text = json.dumps(results, default=float)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(ARGS)

@@ -1,0 +1,204 @@
+"""Fast solvers against the dense reference: matrix-free products, LOBPCG, Sternheimer
+derivatives, the spectral Coulomb form, and the ED end to end with eigensolver="iterative"."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qdjax
+from qdjax import basis, coulomb, ed, linalg, potentials, single_particle, units
+from conftest import random_symmetric
+
+SMALL = qdjax.EDConfig(grid=20, basis=7, length_nm=11.0, orbitals=3)
+DENSE = qdjax.EDConfig(eigensolver="dense")
+ITERATIVE = qdjax.EDConfig(eigensolver="iterative")
+
+
+@pytest.mark.parametrize("cfg", [SMALL, qdjax.EDConfig()], ids=["small", "paper"])
+def test_matrix_free_potential_equals_table_form(cfg):
+    # Reference: the table form sum_ij V A_i (x) A_j (qdjax.basis.potential_matrix) and its
+    # adjoint pixel_average; the sine-transform form must agree to rounding.
+    rng = np.random.default_rng(0)
+    V = jnp.asarray(rng.random((cfg.grid, cfg.grid)))
+    X = jnp.asarray(rng.normal(size=(cfg.basis**2, 5)))
+    vm = basis.potential_matrix(V, cfg)
+    np.testing.assert_allclose(basis.apply_potential(basis.potential_spectrum(V, cfg), X, cfg), vm @ X, atol=1e-13)
+    modes = np.array([0, 3, 10, cfg.basis**2 - 1])
+    np.testing.assert_allclose(basis.potential_submatrix(V, modes, cfg), vm[np.ix_(modes, modes)], atol=1e-14)
+    g = random_symmetric(5, 1)
+    ref = basis.pixel_average(X @ g @ X.T, cfg)
+    np.testing.assert_allclose(basis.orbital_density(X, jnp.asarray(g), cfg), ref, atol=1e-13 * float(jnp.abs(ref).max()))
+
+
+def test_spectral_coulomb_equals_fft_convolution(config, random_V):
+    # Reference: the direct form, zero-padded FFT convolution of each pair density with the
+    # Vico kernel followed by the pixel sum (what the Parseval form rewrites).
+    orb = single_particle.solve(jnp.asarray(random_V[0]), config)
+    psi = np.asarray(basis.on_grid(orb.coefficients, config))
+    g = config.grid
+    p, q, index = coulomb.pair_indices(config.orbitals)
+    rho = psi[p] * psi[q]
+    w = np.fft.rfft2(coulomb.vico_kernel(config.length_nm, g))
+    phi = np.fft.irfft2(np.fft.rfft2(rho, s=(2 * g, 2 * g)) * w, s=(2 * g, 2 * g))[:, :g, :g]
+    pairs = units.COULOMB_K / config.eps_r * config.pixel_nm**2 * np.einsum("aij,bij->ab", phi, rho)
+    ref = 0.5 * (pairs + pairs.T)[index[:, :, None, None], index[None, None, :, :]]
+    np.testing.assert_allclose(coulomb.coulomb_tensor(jnp.asarray(psi), config), ref, atol=1e-15)
+
+
+def test_lobpcg_and_pcg_on_random_matrix():
+    # Reference: numpy.linalg.eigh / solve on a random symmetric matrix with a known gap.
+    rng = np.random.default_rng(3)
+    n = 200
+    q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    values = np.concatenate([np.linspace(0.0, 1.0, 6), np.linspace(3.0, 50.0, n - 6)])
+    h = jnp.asarray((q * values) @ q.T)
+    x0 = jnp.asarray(rng.normal(size=(n, 8)))
+    diag = jnp.diagonal(h)
+    res = linalg.lobpcg(lambda x: h @ x, x0, lambda r, t: r / jnp.maximum(diag[:, None] - t[None, :], 1.0), 6, 1e-11, 200)
+    np.testing.assert_allclose(res.values[:6], values[:6], atol=1e-12)
+    assert float(jnp.max(res.residuals[:6])) <= 1e-11
+    spd = h + 0.5 * jnp.eye(n)
+    b = jnp.asarray(rng.normal(size=(n, 3)))
+    x = linalg.pcg(lambda y: spd @ y, b, lambda r: r, 1e-13, 1000)
+    np.testing.assert_allclose(spd @ x, b, atol=1e-11)
+
+
+def _check_orbitals_against_dense(V, config):
+    it, residuals = jax.jit(jax.vmap(lambda v: single_particle.solve_iterative(v, config)))(V)
+    dense = jax.jit(jax.vmap(lambda v: single_particle.solve(v, config)))(V)
+    assert float(residuals.max()) <= single_particle.RESIDUAL_TOL_EV["float64"]
+    np.testing.assert_allclose(it.energies, dense.energies, atol=1e-12)
+    proj = lambda c: jnp.einsum("bip,bjp->bij", c, c)
+    assert float(jnp.abs(proj(it.coefficients) - proj(dense.coefficients)).max()) < 1e-9
+
+
+def test_lobpcg_orbitals_converge_on_50_random_potentials_and_empty_box(config):
+    # Reference: dense eigh of the 1024 x 1024 matrix. 50 paper potentials and the empty box:
+    # energies to 1e-12 eV and the projector onto the K orbitals (invariant under rotations
+    # inside degenerate levels) to 1e-9.
+    maps = list(potentials.random_potentials(list(range(100, 150)), config)) + [potentials.empty_box(config)]
+    _check_orbitals_against_dense(jnp.asarray(np.stack(maps)), config)
+
+
+@pytest.mark.parametrize("orbitals", [6, 10])
+def test_lobpcg_orbitals_on_degenerate_harmonic_shells(orbitals):
+    # Harmonic traps: shells of 1, 2, 3, 4 exactly degenerate levels; K = 6 and 10 close a
+    # shell, so the K-th and (K+1)-th levels are separated by hbar w.
+    cfg = qdjax.EDConfig(orbitals=orbitals)
+    maps = [potentials.harmonic(cfg, hw) for hw in (0.03, 0.1, 0.2)]
+    _check_orbitals_against_dense(jnp.asarray(np.stack(maps)), cfg)
+
+
+@pytest.mark.parametrize("n_electrons", [1, 2, 3, 4])
+def test_iterative_ground_state_equals_dense(config, random_V, n_electrons):
+    # Reference: the dense path. Energies to 1e-10 eV, densities to 1e-8 of the peak, and the
+    # one-body density matrix in the sine basis (U gamma U^T, independent of orbital signs).
+    it = ed.ground_state(random_V, n_electrons, ITERATIVE)
+    de = ed.ground_state(random_V, n_electrons, DENSE)
+    np.testing.assert_allclose(it.energy, de.energy, atol=1e-10)
+    np.testing.assert_allclose(it.density, de.density, atol=1e-8 * float(de.density.max()))
+    np.testing.assert_allclose(it.orbital_energies, de.orbital_energies, atol=1e-12)
+    c_it = jax.vmap(lambda v: ed.integrals(v, ITERATIVE).orbitals.coefficients)(jnp.asarray(random_V))
+    c_de = jax.vmap(lambda v: ed.integrals(v, DENSE).orbitals.coefficients)(jnp.asarray(random_V))
+    g = lambda c, r: jnp.einsum("bip,bpq,bjq->bij", c, r, c)
+    np.testing.assert_allclose(g(c_it, it.rdm1), g(c_de, de.rdm1), atol=1e-8)
+
+
+def _rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+@pytest.mark.parametrize(
+    "case, n_electrons",
+    [("random", 2), ("random", 4), ("harmonic", 2), ("harmonic", 3)],
+)
+def test_iterative_gradients_equal_dense(random_V, case, n_electrons):
+    # Reference: jax.grad through the dense path (itself checked against finite differences in
+    # test_ed.py). Harmonic: exactly degenerate orbital shells (K = 6 closes the third shell).
+    # basis = 16 keeps the dense reference cheap; K = 6, N = 4 (225 determinants) still goes
+    # through the many-body LOBPCG with eigensolver="iterative".
+    base = qdjax.EDConfig(basis=16, orbitals=6)
+    if case == "harmonic":
+        V = jnp.asarray(potentials.harmonic(base, 0.03))
+    else:
+        V = jnp.asarray(random_V[0])
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=V.shape))
+    for fn in (
+        lambda v, c: ed.ground_state(v, n_electrons, c).energy,
+        lambda v, c: jnp.sum(weights * ed.ground_density(v, n_electrons, c)),
+    ):
+        g_it = jax.grad(fn)(V, base.replace(eigensolver="iterative"))
+        g_de = jax.grad(fn)(V, base.replace(eigensolver="dense"))
+        assert _rel(g_it, g_de) < 1e-7
+
+
+def test_iterative_float32_close_to_float64(config, random_V):
+    # float32 LOBPCG (orbitals and N = 4 many-body): within the float32 tolerances of test_ed.
+    cfg32 = ITERATIVE.replace(dtype="float32")
+    for n in (2, 4):
+        v32 = ed.ground_state(random_V[0], n, cfg32)
+        v64 = ed.ground_state(random_V[0], n, DENSE)
+        assert v32.density.dtype == jnp.float32
+        assert float(v32.energy) == pytest.approx(float(v64.energy), abs=1e-5)
+        np.testing.assert_allclose(v32.density, v64.density, atol=1e-4 * float(v64.density.max()))
+
+
+def test_unconverged_instances_are_recomputed_densely(config, random_V, monkeypatch):
+    # With an iteration limit of 2 LOBPCG cannot converge: an eager call must warn and return
+    # the dense result.
+    monkeypatch.setattr(single_particle, "MAX_ITERATIONS", 2)
+    jax.clear_caches()
+    try:
+        with pytest.warns(RuntimeWarning, match="did not converge"):
+            out = ed.ground_state(random_V[:2], 2, ITERATIVE)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    ref = ed.ground_state(random_V[:2], 2, DENSE)
+    np.testing.assert_allclose(out.energy, ref.energy, atol=1e-12)
+
+
+def test_auto_selects_iterative_and_no_warning_on_paper_potentials(config, random_V):
+    # The default solver converges on the paper's potentials (no fallback warning) for N = 4,
+    # where the many-body space (784 determinants) is solved by LOBPCG.
+    assert ed._iterative_orbitals(config) and ed._iterative_fock(config, 4)
+    assert not ed._iterative_fock(config, 3) and not ed._iterative_orbitals(DENSE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ed.ground_state(random_V, 4, config)
+
+
+_SHARDING_SCRIPT = r"""
+import numpy as np, jax, jax.numpy as jnp, qdjax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from qdjax import ed, potentials
+assert len(jax.devices()) == 8, jax.devices()
+cfg = qdjax.EDConfig(basis=16, orbitals=6)
+V = jnp.asarray(potentials.random_potentials(list(range(16)), cfg))
+mesh = Mesh(np.array(jax.devices()), ("batch",))
+sharded = jax.device_put(V, NamedSharding(mesh, PartitionSpec("batch")))
+one = jax.device_put(V, jax.devices()[0])
+for n in (2, 4):
+    a = ed.ground_state(sharded, n, cfg)
+    b = ed.ground_state(one, n, cfg)
+    assert len(a.energy.sharding.device_set) == 8, a.energy.sharding
+    assert float(jnp.abs(a.energy - b.energy).max()) < 1e-12
+    assert float(jnp.abs(a.density - b.density).max()) < 1e-12 * float(b.density.max())
+print("ok")
+"""
+
+
+def test_sharded_batch_equals_one_device(tmp_path):
+    # 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts, hence a subprocess): a
+    # batch sharded over a 1D mesh gives the single-device results and stays sharded.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
