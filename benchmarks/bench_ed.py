@@ -246,8 +246,8 @@ def run_sharding(args) -> dict:
                 "one_device_per_s": b / t1,
                 "sharded_per_s": b / t8,
                 "speedup": t1 / t8,
-                "energy_max_abs_diff_eV": float(jnp.abs(got.energy - ref.energy).max()),
-                "density_max_abs_diff": float(jnp.abs(got.density - ref.density).max()),
+                "energy_max_abs_diff_eV": float(np.abs(np.asarray(got.energy) - np.asarray(ref.energy)).max()),
+                "density_max_abs_diff": float(np.abs(np.asarray(got.density) - np.asarray(ref.density)).max()),
                 "output_sharding": str(got.energy.sharding),
             }
             print(n, b, rows[b], flush=True)
