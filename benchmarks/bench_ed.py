@@ -3,7 +3,7 @@
 For N = 1..4 at the paper's defaults (L = 30 nm, grid 64, basis 32, 8 orbitals, GaAs) and the
 paper's random potentials (qdjax.potentials.random_potentials), measured in one run:
 
-- qdjax per stage, each stage jitted and vmapped on its own over the batch: single-particle
+- qdjax per stage, each stage jitted on its own and batched as qdjax.ed batches: single-particle
   (orbitals and h1 = U^T H0 U), Coulomb (orbitals on the grid and (pq|rs)), Fock space (many-body
   Hamiltonian, ground manifold, 1-RDM), density; and end to end through the public
   qdjax.ed.ground_state on the whole batch; batch sizes 1, 4, 16, 64, 256;
@@ -91,11 +91,12 @@ def _repeats_for(batch: int, repeats: int) -> int:
 
 
 def stage_functions(config: qdjax.EDConfig, n: int):
-    """The four stages of qdjax.ed, each jitted and vmapped over a batch on its own."""
-    single = jax.jit(jax.vmap(lambda v: ed._orbitals_and_h1(v, config)[:2]))
-    coul = jax.jit(jax.vmap(lambda c: coulomb.coulomb_tensor(basis.on_grid(c, config), config)))
-    many = jax.jit(jax.vmap(lambda h1, eri: ed._many_body_state(h1, eri, n, config)[:2]))
-    dens = jax.jit(jax.vmap(lambda g, c: ed.density_from_rdm1(g, c, config)))
+    """The four stages of qdjax.ed, each jitted on its own and batched as qdjax.ed batches."""
+    m = ed.map_batch  # the batching of qdjax.ed.ground_state
+    single = jax.jit(lambda V: m(lambda v: ed._orbitals_and_h1(v, config)[:2], V))
+    coul = jax.jit(lambda C: m(lambda c: coulomb.coulomb_tensor(basis.on_grid(c, config), config), C))
+    many = jax.jit(lambda H, E: m(lambda a: ed._many_body_state(a[0], a[1], n, config)[:2], (H, E)))
+    dens = jax.jit(lambda G, C: m(lambda a: ed.density_from_rdm1(a[0], a[1], config), (G, C)))
     return single, coul, many, dens
 
 

@@ -38,6 +38,7 @@ jax.grad the check is skipped and the last iterate is returned.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import NamedTuple
 
@@ -285,11 +286,26 @@ def _ground_states_single(V, n_electrons: tuple[int, ...], config: EDConfig, wit
     return GroundStates(tuple(states[:k]), tuple(states[k:]) if with_non_interacting else None), converged
 
 
+def map_batch(f, xs):
+    """f over the leading axis of xs: vmapped across jax.device_count() groups (so a batch
+    sharded over devices stays parallel), a sequential lax.map inside each group.
+
+    Measured on a 2-core CPU (docs/benchmarks.md): one potential at a time runs faster per
+    potential than a vmapped batch, whose iterative-solver state no longer fits in cache and
+    whose while loops run until the slowest lane has converged.
+    """
+    b = jax.tree.leaves(xs)[0].shape[0]
+    groups = math.gcd(b, jax.device_count())
+    grouped = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), xs)
+    out = jax.vmap(lambda chunk: jax.lax.map(f, chunk))(grouped)
+    return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
-    out = jax.vmap(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting))(flat)
+    out = map_batch(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting), flat)
     return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
 
 
