@@ -43,6 +43,8 @@ def _check_supported(config: Pix2PixConfig) -> None:
         raise ValueError("the PyTorch peer supports instance norm or no norm only")
     if g.dropout != 0:
         raise ValueError("the PyTorch peer supports dropout 0 only")
+    if getattr(g, "density_norm", None) is not None:
+        raise ValueError("the PyTorch peer supports the tanh output head only")
     if any(s not in (1, 2) for s in d.strides):
         raise ValueError("the PyTorch peer supports discriminator strides 1 and 2 only")
 
