@@ -20,6 +20,7 @@ on any difference, so a checkpoint never loads into a different model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -104,11 +105,24 @@ def _manager(directory: str, keep_latest: int, keep_best: int, create: bool = Tr
         enable_async_checkpointing=False,
         create=create,
     )
-    return ocp.CheckpointManager(directory, options=options)
+    with _unreadable(directory):
+        return ocp.CheckpointManager(directory, options=options)
+
+
+@contextlib.contextmanager
+def _unreadable(directory: Any, step: int | None = None):
+    """Turns any failure inside Orbax while reading into a one-line ValueError naming the checkpoint."""
+    try:
+        yield
+    except Exception as e:  # Orbax raises JSON, TensorStore, OS and value errors on damaged files
+        where = f"checkpoint {directory}" + ("" if step is None else f" step {step}")
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{where} is damaged or unreadable ({type(e).__name__}: {reason})") from e
 
 
 def _read_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
-    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    with _unreadable(mgr.directory, step):
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"step {step} in {mgr.directory} is not a {FORMAT} checkpoint")
     return meta
@@ -119,7 +133,8 @@ def _best_step(mgr: ocp.CheckpointManager) -> int | None:
     if not steps:
         return None
     # ties go to the later step, as Orbax's BestN keeps it
-    return max(steps, key=lambda s: (_metric(mgr.metrics(s)), s))
+    with _unreadable(mgr.directory):
+        return max(steps, key=lambda s: (_metric(mgr.metrics(s)), s))
 
 
 def _resolve_step(mgr: ocp.CheckpointManager, step: int | str | None) -> int:
@@ -147,7 +162,8 @@ def _restore(mgr: ocp.CheckpointManager, step: int, config: Pix2PixConfig, meta:
     items = {"state": ocp.args.StandardRestore(target)}
     if meta.get("has_history"):
         items["history"] = ocp.args.StandardRestore()
-    out = mgr.restore(step, args=ocp.args.Composite(**items))
+    with _unreadable(mgr.directory, step):
+        out = mgr.restore(step, args=ocp.args.Composite(**items))
     # Orbax returns arrays committed to a device; jit keys its cache on that, so hand back
     # ordinary (uncommitted) arrays with the same bits to reuse already compiled steps.
     tree = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), out["state"])
