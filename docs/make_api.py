@@ -26,11 +26,15 @@ MODULES = [
     "qdjax.data",
     "qdjax.metrics",
     "qdjax.inverse",
+    "qdjax.benchmark",
     "qdjax.ml.scaling",
     "qdjax.ml.models",
     "qdjax.ml.train",
     "qdjax.ml.checkpoint",
     "qdjax.ml.evaluate",
+    "qdjax.ml.experiment",
+    "qdjax.ml.benchmark",
+    "qdjax.plot",
 ]
 
 HEADER = """# API reference

@@ -428,10 +428,69 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def _add_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="ED throughput (instances/s) and pix2pix training steps/s on this machine",
+        description="Time qdjax.ed.ground_state end to end on the paper's random potentials for each N and "
+        "batch size, on the device JAX uses (first call with compilation, then the median of --repeats "
+        "calls); with --train also one pix2pix training step per --train-batch. For the per-stage "
+        "comparison with the NumPy/SciPy/PySCF pipeline run benchmarks/bench_ed.py.",
+    )
+    p.add_argument("--electrons", type=int, nargs="+", default=[1, 2, 3, 4], help="N values (default 1 2 3 4)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="potentials per call (default 1 16)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (default 5)")
+    p.add_argument("--train", action="store_true", help="also time a pix2pix training step")
+    p.add_argument("--train-batch", type=int, nargs="+", default=[1, 16], help="training batch sizes (default 1 16)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    from qdjax import benchmark
+
+    config = config_from_args(args)
+    for name, values in (("--electrons", args.electrons), ("--batch", args.batch), ("--train-batch", args.train_batch),
+                         ("--repeats", [args.repeats])):  # fmt: skip
+        if any(v < 1 for v in values):
+            raise ValueError(f"{name} values must be >= 1, got {values}")
+    print(f"qdjax {qdjax.__version__}, jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].device_kind}, "
+          f"dtype {config.dtype}, eigensolver {config.eigensolver}", flush=True)  # fmt: skip
+    results = {"config": dataclasses.asdict(config), "device": jax.devices()[0].device_kind, "ed": [], "train": []}
+    for n in args.electrons:
+        for b in args.batch:
+            r = benchmark.ed_throughput(n, config, b, args.repeats)
+            results["ed"].append(r)
+            print(f"ED N={n} batch {b:4d}: {r['per_s']:9.1f} instances/s ({1e3 * r['median_s'] / b:.2f} ms each; "
+                  f"first call {r['first_call_s']:.1f} s)", flush=True)  # fmt: skip
+    if args.train:
+        from qdjax.ml import benchmark as ml_benchmark
+        from qdjax.ml.models import Pix2PixConfig
+
+        for b in args.train_batch:
+            r = ml_benchmark.time_train_step(Pix2PixConfig(batch_size=b), repeat=args.repeats)
+            results["train"].append({"batch": b, **r})
+            print(f"pix2pix batch {b:3d}: {1e3 / r['median_ms']:.1f} steps/s ({r['median_ms']:.1f} ms; "
+                  f"first call {r['first_s']:.1f} s)", flush=True)  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"results written to {args.json}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 #: Functions registering the subcommands, in the order `qdjax --help` lists them.
-COMMANDS: list[Callable] = [_add_generate, _add_train, _add_evaluate, _add_invert, _add_plot, _add_info]
+COMMANDS: list[Callable] = [_add_generate, _add_train, _add_evaluate, _add_invert, _add_bench, _add_plot, _add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

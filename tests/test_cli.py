@@ -1,6 +1,7 @@
 """The qdjax command line: help texts, EDConfig flags, generate + info end to end, one-line errors."""
 
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -25,7 +26,8 @@ def one_line_error(capsys, command):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ["generate", "train", "evaluate", "invert", "plot", "info"]),
+    ([], ["generate", "train", "evaluate", "invert", "bench", "plot", "info"]),
+    (["bench"], ["--electrons", "--batch", "--repeats", "--train", "--train-batch", "--json", "--dtype"]),
     (["train"], ["--data", "--mapping", "--steps", "--batch", "--discriminator", "--d4", "--symmetrize"]),
     (["evaluate"], ["--checkpoint", "--split", "--step"]),
     (["invert"], ["--checkpoint", "--refine", "--refine-steps"]),
@@ -163,3 +165,19 @@ def test_evaluate_without_checkpoint_is_a_user_error(tiny_dataset, tmp_path, cap
     argv = ["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(tiny_dataset), "--out", str(tmp_path)]
     assert cli.main(argv) == 1
     assert "no checkpoint" in one_line_error(capsys, "evaluate")
+
+
+def test_bench_times_the_ed_and_agrees_with_a_direct_call(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--electrons", "2", "--batch", "1", "3", "--repeats", "1", "--json", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "ED N=2 batch    3" in printed and "instances/s" in printed
+    rows = json.loads(out.read_text())["ed"]
+    assert [(r["N"], r["batch"]) for r in rows] == [(2, 1), (2, 3)]
+    for r in rows:
+        assert r["median_s"] > 0 and r["per_s"] == pytest.approx(r["batch"] / r["median_s"])
+
+
+def test_bench_rejects_empty_work(capsys):
+    assert cli.main(["bench", "--batch", "0", *TINY]) == 1
+    assert "--batch" in one_line_error(capsys, "bench")

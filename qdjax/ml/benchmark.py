@@ -63,6 +63,7 @@ def time_train_step(config: Pix2PixConfig, repeat: int = 10, seed: int = 0) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m qdjax.ml.benchmark [--widths authors|pix2pix] [--batch B ...] [--repeat R]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", choices=sorted(_WIDTHS), default="authors")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
