@@ -3,6 +3,7 @@
     python examples/paper_experiments.py --data runs/data/paper                 # everything, in order
     python examples/paper_experiments.py --data runs/data/paper --only best_V_n_int_N2 paper_V_n_int_N2
     python examples/paper_experiments.py --list
+    python examples/paper_experiments.py --figures docs/figures     # sweep figures from finished runs
 
 Every experiment is one `qdjax.ml.experiment.run_mapping` call in --out/<name>/ (resumable: rerun
 the same command after an interruption), and its test scores are collected in
@@ -68,6 +69,32 @@ def run_one(name, spec, splits_by_n, out, seed, progress):
             float(np.min(run.scores["r2_sample"])), "seconds_this_call": seconds}  # fmt: skip
 
 
+def sweep_figures(out: pathlib.Path, figures: pathlib.Path) -> None:
+    """Fig. 6 (validation R^2 vs step per discriminator) and Fig. 7b (test R^2 vs training-set size)."""
+    from qdjax import plot
+    from qdjax.ml import checkpoint
+
+    figures.mkdir(parents=True, exist_ok=True)
+    curves = {}
+    for name in (n for n in EXPERIMENTS if n.startswith("disc_")):
+        if (out / name / "checkpoints").exists():
+            h = checkpoint.load_state(out / name / "checkpoints", "latest").history
+            curves[name.split("_")[1]] = (np.asarray(h["val_step"]), np.asarray(h["val_r2"]))
+    if curves:
+        path = plot.curves(curves, "step", "validation R$^2$ (scaled images)", figures / "disc_sweep.png",
+                           title="V -> n_int, N = 2: discriminators (receptive field)")
+        print(f"wrote {path}")
+    results = json.loads((out / "results.json").read_text())
+    sizes = sorted((r["train_size"], r["r2"]) for n, r in results.items() if n.startswith("size_"))
+    if "disc_image70_N2" in results:  # the same configuration on the full 4800
+        sizes.append((4800, results["disc_image70_N2"]["r2"]))
+    if sizes:
+        x, y = np.array(sizes).T
+        path = plot.curves({"test R$^2$": (x, y)}, "training pairs", "test R$^2$", figures / "size_sweep.png",
+                           title="V -> n_int, N = 2: training-set size (1000 steps of batch 16)")
+        print(f"wrote {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--data", default="runs/data/paper")
@@ -76,7 +103,11 @@ def main(argv=None):
     p.add_argument("--list", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--figures", default=None, help="only write the sweep figures of finished runs to this folder")
     args = p.parse_args(argv)
+    if args.figures:
+        sweep_figures(pathlib.Path(args.out), pathlib.Path(args.figures))
+        return
     if args.list:
         for name, spec in EXPERIMENTS.items():
             print(name, spec)

@@ -150,6 +150,20 @@ def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
+    # examples/inverse_design.py trains an n_int->V generator, checks it by ED and refines one sample.
+    import runpy
+
+    example = runpy.run_path(str(REPO / "examples" / "inverse_design.py"))
+    example["main"](["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
+                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "recomputed-density R^2" in printed and "refined 1" in printed
+    summary = json.loads((tmp_path / "inv" / "inverse.json").read_text())
+    assert summary["samples"] == 2 and summary["refinement"]["samples"] == 1
+    assert (tmp_path / "inv" / "inverse.png").exists() and (tmp_path / "inv" / "refine.png").exists()
+
+
 def test_invert_refuses_a_forward_checkpoint(tiny_dataset, tmp_path, capsys):
     argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "fwd"), "--steps", "2", "--eval-every",
             "2", "--discriminator", "pixel1", "--no-progress"]
