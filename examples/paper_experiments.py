@@ -95,6 +95,25 @@ def sweep_figures(out: pathlib.Path, figures: pathlib.Path) -> None:
         print(f"wrote {path}")
 
 
+def markdown_table(out: pathlib.Path) -> str:
+    """The collected test scores of results.json as a Markdown table (the one in docs/results.md)."""
+    results = json.loads((out / "results.json").read_text())
+    head = ("| experiment | mapping | N | steps (best) | R^2 | R^2 D4-avg | SSIM | MSSIM | L1 | Linf | paper-conv. R^2 "
+            "| paper-conv. SSIM | worst-sample R^2 | train time |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name in EXPERIMENTS:
+        if name not in results:
+            continue
+        r = results[name]
+        lines.append(
+            f"| {name} | {r['mapping']} | {r['n']} | {r['steps']} ({r['best_step']}) | {r['r2']:.4f} | "
+            f"{r['r2_symmetrized']:.4f} | {r['ssim']:.4f} | {r['mssim']:.4f} | {r['l1']:.2e} | {r['linf']:.2e} | "
+            f"{r['paper_r2']:.4f} | {r['paper_ssim']:.4f} | {r['worst_r2_sample']:.3f} | "
+            f"{r['seconds_this_call'] / 60:.0f} min |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--data", default="runs/data/paper")
@@ -104,7 +123,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--figures", default=None, help="only write the sweep figures of finished runs to this folder")
+    p.add_argument("--table", action="store_true", help="only print the results of finished runs as Markdown")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(pathlib.Path(args.out)))
+        return
     if args.figures:
         sweep_figures(pathlib.Path(args.out), pathlib.Path(args.figures))
         return
