@@ -65,6 +65,9 @@ FOCK_MAX_ITERATIONS = 200
 #: Sternheimer conjugate gradients for many-body derivatives.
 FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
+#: Largest sector (determinants) accepted: the many-body Hamiltonian is assembled as a dense
+#: d x d matrix (8 d^2 bytes in float64: 2 GiB at this limit, per potential in flight).
+FOCK_MAX_DIMENSION = 16384
 
 
 def _iterative_orbitals(config: EDConfig) -> bool:
@@ -109,7 +112,8 @@ class Integrals(NamedTuple):
 def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
     """Raise ValueError naming the problem if the inputs of an ED call are invalid.
 
-    Checks: config type; N an integer in 1..2 K (and K >= N_up); V real, of shape
+    Checks: config type; N an integer in 1..2 K (and K >= N_up); a sector of at most
+    FOCK_MAX_DIMENSION determinants; V real, of shape
     (..., grid, grid) with non-empty batch axes, finite (when V is concrete); float64
     requested while JAX's 64-bit mode is off.
     """
@@ -120,6 +124,13 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
     if not 1 <= n_electrons <= 2 * config.orbitals:
         raise ValueError(
             f"n_electrons must be in 1..{2 * config.orbitals} (2 x orbitals={config.orbitals}), got {n_electrons}"
+        )
+    dimension = fock.sector_dimension(config.orbitals, int(n_electrons))
+    if dimension > FOCK_MAX_DIMENSION:
+        raise ValueError(
+            f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants; the many-body "
+            f"Hamiltonian is assembled densely ({8 * dimension**2 / 2**30:.1f} GiB in float64) and sectors above "
+            f"FOCK_MAX_DIMENSION={FOCK_MAX_DIMENSION} are refused: use fewer orbitals"
         )
     shape = np.shape(V)
     if len(shape) < 2 or shape[-2:] != (config.grid, config.grid):

@@ -77,3 +77,12 @@ def test_traced_input_is_accepted_under_jit():
     assert jnp.isfinite(f(jnp.asarray(GOOD)))
     with pytest.raises(ValueError, match="shape"):
         jax.jit(lambda v: ed.ground_state(v, 1).energy)(jnp.zeros((8, 8)))
+
+
+def test_sectors_too_large_to_assemble_are_refused_before_any_work():
+    # K = 16, N = 6: C(16,3)^2 = 313 600 determinants, a 730 GiB dense matrix.
+    config = qdjax.EDConfig(orbitals=16)
+    assert qdjax.fock.sector_dimension(16, 6) > ed.FOCK_MAX_DIMENSION
+    with pytest.raises(ValueError, match="313600 determinants"):
+        ed.ground_state(GOOD, 6, config)
+    ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted
