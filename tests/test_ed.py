@@ -13,7 +13,8 @@ import qdjax
 from qdjax import ed, fock, potentials
 
 
-@pytest.mark.parametrize("n_electrons", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_electrons", [1, 2, 3, 4, pytest.param(5, marks=pytest.mark.slow),
+                                         pytest.param(6, marks=pytest.mark.slow)])
 def test_matches_pyscf_fci_on_our_integrals(config, random_V, n_electrons):
     # Reference: PySCF direct_spin1 FCI (solved exactly in its P-space) on our h1e and eri.
     V = random_V[n_electrons % 3]
