@@ -52,28 +52,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _configs(widths: str, batch: int):
-    from qdjax.ml.models import (
-        AUTHORS_DISCRIMINATOR_WIDTHS,
-        AUTHORS_GENERATOR_FILTERS,
-        PIX2PIX_DISCRIMINATOR_WIDTHS,
-        PIX2PIX_GENERATOR_FILTERS,
-        DiscriminatorConfig,
-        GeneratorConfig,
-        Pix2PixConfig,
-    )
-
-    g, d = {
-        "authors": (AUTHORS_GENERATOR_FILTERS, AUTHORS_DISCRIMINATOR_WIDTHS),
-        "pix2pix": (PIX2PIX_GENERATOR_FILTERS, PIX2PIX_DISCRIMINATOR_WIDTHS),
-    }[widths]
-    return Pix2PixConfig(
-        generator=GeneratorConfig(filters=g),
-        discriminator=DiscriminatorConfig.preset("image70", widths=d),
-        batch_size=batch,
-    )
-
-
 def bench_case(
     widths: str,
     batch: int,
@@ -94,7 +72,9 @@ def bench_case(
     import torch_pix2pix as tp
     from qdjax.ml import train
 
-    config = _configs(widths, batch)
+    from qdjax.ml import experiment
+
+    config = experiment.pix2pix_config(widths, "image70", batch)
     warmup = max(warmup, 1)
     s = config.generator.image_size
     rng = np.random.default_rng(seed)

@@ -17,21 +17,8 @@ import time
 import jax
 import numpy as np
 
-from qdjax.ml import train
-from qdjax.ml.models import (
-    AUTHORS_DISCRIMINATOR_WIDTHS,
-    AUTHORS_GENERATOR_FILTERS,
-    PIX2PIX_DISCRIMINATOR_WIDTHS,
-    PIX2PIX_GENERATOR_FILTERS,
-    DiscriminatorConfig,
-    GeneratorConfig,
-    Pix2PixConfig,
-)
-
-_WIDTHS = {
-    "authors": (AUTHORS_GENERATOR_FILTERS, AUTHORS_DISCRIMINATOR_WIDTHS),
-    "pix2pix": (PIX2PIX_GENERATOR_FILTERS, PIX2PIX_DISCRIMINATOR_WIDTHS),
-}
+from qdjax.ml import experiment, train
+from qdjax.ml.models import Pix2PixConfig
 
 
 def time_train_step(config: Pix2PixConfig, repeat: int = 10, seed: int = 0) -> dict:
@@ -65,15 +52,11 @@ def time_train_step(config: Pix2PixConfig, repeat: int = 10, seed: int = 0) -> d
 def main(argv: list[str] | None = None) -> None:
     """``python -m qdjax.ml.benchmark [--widths authors|pix2pix] [--batch B ...] [--repeat R]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--widths", choices=sorted(_WIDTHS), default="authors")
+    parser.add_argument("--widths", choices=["authors", "pix2pix"], default="authors")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args(argv)
-    g_filters, d_widths = _WIDTHS[args.widths]
-    base = Pix2PixConfig(
-        generator=GeneratorConfig(filters=g_filters),
-        discriminator=DiscriminatorConfig.preset("image70", widths=d_widths),
-    )
+    base = experiment.pix2pix_config(args.widths, "image70")
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, widths={args.widths}")
     for b in args.batch:
         r = time_train_step(base.replace(batch_size=b), repeat=args.repeat)
