@@ -31,6 +31,8 @@ BEST = dict(batch=16, lr=2e-4, d4=True, density_head=True, steps=4000)
 #: for many epochs; 6000 single-sample steps (1.25 epochs) is what a 2-core CPU affords here.
 PAPER = dict(batch=1, lr=1e-4, d4=False, density_head=False, steps=6000)
 SWEEP = dict(batch=16, lr=2e-4, d4=True, density_head=True, steps=1000)
+#: BEST trained longer, with the learning rate decayed linearly to zero over the second half.
+LONG = dict(BEST, steps=6000, decay_start=3000, decay_steps=3000)
 
 EXPERIMENTS = {
     "best_V_n_int_N2": dict(mapping="V->n_int", n=2, **BEST),
@@ -40,6 +42,9 @@ EXPERIMENTS = {
     "best_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**BEST, "density_head": False}),
     "best_V_n0_N2": dict(mapping="V->n0", n=2, **BEST),
     "best_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **BEST),
+    "long_V_n_int_N3": dict(mapping="V->n_int", n=3, **LONG),
+    "long_V_n0_N2": dict(mapping="V->n0", n=2, **LONG),
+    "long_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG),
     **{f"disc_{d}_N2": dict(mapping="V->n_int", n=2, discriminator=d, **SWEEP)
        for d in ("image70", "patch34", "patch16", "patch7", "patch4", "pixel1")},
     **{f"size_{m}_N2": dict(mapping="V->n_int", n=2, train_size=m, **SWEEP) for m in (100, 400, 1200, 2400)},
@@ -50,7 +55,8 @@ def run_one(name, spec, splits_by_n, out, seed, progress):
     splits = splits_by_n[spec["n"]]
     if "train_size" in spec:
         splits = {**splits, "train": {q: a[: spec["train_size"]] for q, a in splits["train"].items()}}
-    config = experiment.pix2pix_config("authors", spec.get("discriminator", "image70"), spec["batch"], spec["lr"], spec["d4"])
+    config = experiment.pix2pix_config("authors", spec.get("discriminator", "image70"), spec["batch"], spec["lr"], spec["d4"],
+                                       decay_start=spec.get("decay_start", 0), decay_steps=spec.get("decay_steps", 0))
     start = time.perf_counter()
     run = experiment.run_mapping(
         splits, spec["mapping"], config, steps=spec["steps"], out_dir=out / name, key=seed,

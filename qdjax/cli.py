@@ -239,6 +239,8 @@ def _add_train(subparsers) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per step (default: 8; paper: 1)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4; paper: 1e-4)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations/checkpoints (default: 500)")
+    p.add_argument("--lr-decay", type=int, default=0, metavar="STEPS",
+                   help="decay the learning rate linearly to zero over the last STEPS steps (default: 0, constant)")  # fmt: skip
     p.add_argument("--widths", choices=["authors", "pix2pix"], default="authors",
                    help="network widths: the authors' public code (16..128, default) or pix2pix (64..512)")  # fmt: skip
     p.add_argument("--discriminator", choices=sorted(DISCRIMINATOR_PRESETS), default="image70",
@@ -256,8 +258,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from qdjax import data
     from qdjax.ml import experiment
 
+    if not 0 <= args.lr_decay <= args.steps:
+        raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
     config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
-                                       image_size=data.config_from_manifest(data.read_manifest(args.data)).grid)  # fmt: skip
+                                       image_size=data.config_from_manifest(data.read_manifest(args.data)).grid,
+                                       decay_start=args.steps - args.lr_decay if args.lr_decay else 0,
+                                       decay_steps=args.lr_decay)  # fmt: skip
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,

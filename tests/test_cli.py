@@ -28,7 +28,7 @@ def one_line_error(capsys, command):
 @pytest.mark.parametrize("argv, expected", [
     ([], ["generate", "train", "evaluate", "invert", "bench", "plot", "info"]),
     (["bench"], ["--electrons", "--batch", "--repeats", "--train", "--train-batch", "--json", "--dtype"]),
-    (["train"], ["--data", "--mapping", "--steps", "--batch", "--discriminator", "--d4", "--symmetrize"]),
+    (["train"], ["--data", "--mapping", "--steps", "--batch", "--discriminator", "--d4", "--symmetrize", "--lr-decay"]),
     (["evaluate"], ["--checkpoint", "--split", "--step"]),
     (["invert"], ["--checkpoint", "--refine", "--refine-steps"]),
     (["plot"], ["--data", "--index", "--seed", "--grid"]),
@@ -133,7 +133,8 @@ def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
     # Each subcommand runs on the tiny dataset and writes what its help promises.
     for mapping, folder in (("V->n_int", "fwd"), ("n_int->V", "inv")):
         argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / folder), "--mapping", mapping,
-                "--steps", "4", "--eval-every", "2", "--batch", "2", "--discriminator", "pixel1", "--no-progress"]
+                "--steps", "4", "--eval-every", "2", "--batch", "2", "--discriminator", "pixel1", "--lr-decay", "2",
+                "--no-progress"]
         assert cli.main(argv) == 0
         assert (tmp_path / folder / "metrics.json").exists()
     assert "test R^2" in capsys.readouterr().out
@@ -173,6 +174,12 @@ def test_invert_refuses_a_forward_checkpoint(tiny_dataset, tmp_path, capsys):
             str(tmp_path / "x")]
     assert cli.main(argv) == 1
     assert "n_int->V" in one_line_error(capsys, "invert")
+
+
+def test_lr_decay_longer_than_training_is_refused(tiny_dataset, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--steps", "4", "--lr-decay", "5"]
+    assert cli.main(argv) == 1
+    assert "--lr-decay" in one_line_error(capsys, "train")
 
 
 def test_evaluate_without_checkpoint_is_a_user_error(tiny_dataset, tmp_path, capsys):

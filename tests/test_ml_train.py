@@ -329,3 +329,31 @@ def test_fit_on_eval_records_extra_values(tmp_path):
     r2 = train.fit(cfg, x, -x, x, -x, steps=6, key=0, eval_every=2, progress=False, on_eval=on_eval,
                    checkpoint_dir=str(tmp_path / "c"))
     assert r2.history["step_seen"] == [2, 4, 6]
+
+
+def test_learning_rate_decay_schedule_and_updates(data):
+    # Constant up to decay_start, then linear to zero over decay_steps (checked against the formula);
+    # with a zero step size the Adam update leaves the parameters unchanged.
+    cfg = CFG.replace(decay_start=3, decay_steps=4)
+    schedule = train.learning_rate_schedule(cfg)
+    want = [1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0, 0.0]
+    np.testing.assert_allclose([float(schedule(t)) for t in range(9)], want, rtol=1e-6, atol=1e-12)
+    assert train.learning_rate_schedule(CFG) == CFG.learning_rate
+    xt, yt, _, _ = data
+    step = train.make_train_step(cfg.replace(decay_start=0, decay_steps=1))
+    state = train.init_state(cfg.replace(decay_start=0, decay_steps=1), jax.random.key(0))
+    state, _ = step(state, (xt[:2], yt[:2]), jax.random.key(1))  # step 0: full step size
+    after_first = state.g_params
+    state, _ = step(state, (xt[:2], yt[:2]), jax.random.key(2))  # step 1: zero step size
+    assert_trees_equal(state.g_params, after_first)
+    with pytest.raises(ValueError, match="decay_steps"):
+        CFG.replace(decay_steps=-1)
+
+
+def test_checkpoint_written_before_a_field_existed_still_matches(trained, tmp_path):
+    # A stored configuration without a field added later (e.g. decay_start) compares equal to
+    # the same configuration with that field at its default.
+    saved = CFG.to_dict()
+    del saved["decay_start"], saved["decay_steps"]
+    assert checkpoint._config_mismatch(saved, CFG) == []
+    assert checkpoint._config_mismatch(saved, CFG.replace(decay_steps=5)) != []

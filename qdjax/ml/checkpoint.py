@@ -83,6 +83,10 @@ def _flatten(d: Any, prefix: str = "") -> dict:
 
 
 def _config_mismatch(saved: dict, expected: Pix2PixConfig) -> list[str]:
+    try:  # fields added since the checkpoint was written take their defaults
+        saved = Pix2PixConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass
     a, b = _flatten(saved), _flatten(expected.to_dict())
     return [f"{k}: checkpoint {a.get(k, '<missing>')!r} vs requested {b.get(k, '<missing>')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -382,6 +382,8 @@ def pix2pix_config(
     d4: bool = False,
     jitter_resize: int = 64,
     image_size: int = 64,
+    decay_start: int = 0,
+    decay_steps: int = 0,
 ) -> Pix2PixConfig:
     """A Pix2PixConfig from the few choices the examples and the command line expose.
 
@@ -394,6 +396,7 @@ def pix2pix_config(
       d4: random symmetry-of-the-square augmentation (exact for these maps).
       jitter_resize: random jitter size (image_size: none, the paper's best).
       image_size: image side in pixels (the ED grid).
+      decay_start, decay_steps: learning-rate schedule as in Pix2PixConfig (0, 0: constant).
     """
     from qdjax.ml import models
 
@@ -410,6 +413,8 @@ def pix2pix_config(
         learning_rate=learning_rate,
         random_d4=d4,
         jitter_resize=jitter_resize if jitter_resize != 64 else image_size,
+        decay_start=decay_start,
+        decay_steps=decay_steps,
     )
 
 

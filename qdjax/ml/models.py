@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 __all__ = [
@@ -282,6 +283,9 @@ class Pix2PixConfig:
       lambda_l1: weight of the L1 term in the generator loss (paper eq. 11: 100).
       learning_rate: Adam step size for both networks (paper Table I: 1e-4; the authors'
         public code uses 2e-4).
+      decay_start, decay_steps: learning-rate schedule. ``decay_steps = 0`` (default, the
+        paper): constant. Otherwise constant up to step ``decay_start``, then linear to zero
+        over ``decay_steps`` steps and zero after (the original pix2pix's schedule).
       beta1, beta2: Adam moment decay rates (Table I: 0.5, 0.999).
       batch_size: images per training step (Table I: 1).
       jitter_resize: random jitter: resize to jitter_resize x jitter_resize, then crop a
@@ -298,6 +302,8 @@ class Pix2PixConfig:
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     lambda_l1: float = 100.0
     learning_rate: float = 1e-4
+    decay_start: int = 0
+    decay_steps: int = 0
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 1
@@ -330,6 +336,10 @@ class Pix2PixConfig:
         if not (self.beta1 < 1 and self.beta2 < 1):
             raise ValueError(f"Adam betas must be < 1, got {self.beta1!r}, {self.beta2!r}")
         _check_pos_int("Pix2PixConfig", "batch_size", self.batch_size)
+        for name in ("decay_start", "decay_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"Pix2PixConfig.{name} must be an integer >= 0, got {v!r}")
         _check_pos_int("Pix2PixConfig", "jitter_resize", self.jitter_resize)
         if self.jitter_resize < g.image_size:
             raise ValueError(

@@ -43,6 +43,7 @@ __all__ = [
     "FitResult",
     "METRIC_NAMES",
     "init_state",
+    "learning_rate_schedule",
     "generator_from_state",
     "discriminator_from_state",
     "generator_loss",
@@ -102,8 +103,19 @@ def _discriminator_graphdef(config: DiscriminatorConfig):
     return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
+def learning_rate_schedule(config: Pix2PixConfig):
+    """The Adam step size: a float (constant) or an optax schedule step -> step size."""
+    if config.decay_steps == 0:
+        return config.learning_rate
+    return optax.join_schedules(
+        [optax.constant_schedule(config.learning_rate),
+         optax.linear_schedule(config.learning_rate, 0.0, config.decay_steps)],
+        [config.decay_start],
+    )  # fmt: skip
+
+
 def _optimizer(config: Pix2PixConfig) -> optax.GradientTransformation:
-    return optax.adam(config.learning_rate, b1=config.beta1, b2=config.beta2)
+    return optax.adam(learning_rate_schedule(config), b1=config.beta1, b2=config.beta2)
 
 
 def _split_pure(module: nnx.Module) -> tuple[dict, dict]:
