@@ -47,6 +47,8 @@ EXPERIMENTS = {
     "long_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG),
     **{f"disc_{d}_N2": dict(mapping="V->n_int", n=2, discriminator=d, **SWEEP)
        for d in ("image70", "patch34", "patch16", "patch7", "patch4", "pixel1")},
+    "ablate_no_d4_N2": dict(mapping="V->n_int", n=2, **{**SWEEP, "d4": False}),
+    "ablate_no_head_N2": dict(mapping="V->n_int", n=2, **{**SWEEP, "density_head": False}),
     **{f"size_{m}_N2": dict(mapping="V->n_int", n=2, train_size=m, **SWEEP) for m in (100, 400, 1200, 2400)},
 }
 
