@@ -43,6 +43,7 @@ EXPERIMENTS = {
     "best_V_n0_N2": dict(mapping="V->n0", n=2, **BEST),
     "best_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **BEST),
     "long_V_n_int_N3": dict(mapping="V->n_int", n=3, **LONG),
+    "long_V_n_int_N4": dict(mapping="V->n_int", n=4, **LONG),
     "long_V_n0_N2": dict(mapping="V->n0", n=2, **LONG),
     "long_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG),
     **{f"disc_{d}_N2": dict(mapping="V->n_int", n=2, discriminator=d, **SWEEP)
