@@ -70,18 +70,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import qdjax  # noqa: E402
-from qdjax import basis, coulomb, ed, fock, potentials  # noqa: E402
+from qdjax import basis, benchmark, coulomb, ed, fock, potentials  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peer_ed  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
+    times = benchmark.wall_times(fn, repeats)
     return float(np.median(times)), times
 
 

@@ -22,8 +22,8 @@ from qdjax import ed, potentials
 from qdjax.config import EDConfig
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time in s of `repeats` calls of `fn` (each result waited for)."""
+def wall_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times in s of `repeats` calls of `fn`, each result waited for with block_until_ready."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     times = []
@@ -31,7 +31,12 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         start = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time in s of `repeats` calls of `fn` (each result waited for)."""
+    return float(np.median(wall_times(fn, repeats)))
 
 
 def ed_throughput(n_electrons: int, config: EDConfig = EDConfig(), batch: int = 16, repeats: int = 5,
