@@ -260,15 +260,16 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if not 0 <= args.lr_decay <= args.steps:
         raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
+    ed_config = data.config_from_manifest(data.read_manifest(args.data))
     config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
-                                       image_size=data.config_from_manifest(data.read_manifest(args.data)).grid,
+                                       image_size=ed_config.grid,
                                        decay_start=args.steps - args.lr_decay if args.lr_decay else 0,
                                        decay_steps=args.lr_decay)  # fmt: skip
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
-        progress=not args.no_progress, length_nm=data.config_from_manifest(data.read_manifest(args.data)).length_nm,
+        progress=not args.no_progress, length_nm=ed_config.length_nm,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "
