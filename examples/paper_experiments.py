@@ -46,6 +46,9 @@ EXPERIMENTS = {
     "long_V_n_int_N4": dict(mapping="V->n_int", n=4, **LONG),
     "long_V_n0_N2": dict(mapping="V->n0", n=2, **LONG),
     "long_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG),
+    # density inputs on a log scale (floor 1e-12 of the training peak; qdjax.ml.scaling)
+    "log_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**LONG, "density_head": False}, input_transform="log"),
+    "log_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG, input_transform="log"),
     **{f"disc_{d}_N2": dict(mapping="V->n_int", n=2, discriminator=d, **SWEEP)
        for d in ("image70", "patch34", "patch16", "patch7", "patch4", "pixel1")},
     "ablate_no_d4_N2": dict(mapping="V->n_int", n=2, **{**SWEEP, "d4": False}),
@@ -64,6 +67,7 @@ def run_one(name, spec, splits_by_n, out, seed, progress):
     run = experiment.run_mapping(
         splits, spec["mapping"], config, steps=spec["steps"], out_dir=out / name, key=seed,
         eval_every=max(100, spec["steps"] // 10), density_head=spec["density_head"], progress=progress,
+        input_transform=spec.get("input_transform", "linear"),
     )
     seconds = time.perf_counter() - start
     sym = evaluate.predict_physical(run.state, splits["test"][evaluate.MAPPINGS[spec["mapping"]][0]], run.scalers, True)

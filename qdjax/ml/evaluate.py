@@ -65,19 +65,24 @@ class Scalers(NamedTuple):
         return cls(scaling.Scaler.from_dict(d["inputs"]), scaling.Scaler.from_dict(d["targets"]))
 
 
-def fit_scalers(mapping: str, train_inputs: ArrayLike, train_targets: ArrayLike) -> Scalers:
+def fit_scalers(mapping: str, train_inputs: ArrayLike, train_targets: ArrayLike, input_transform: str = "linear") -> Scalers:
     """Scalers for a mapping, fitted on the training images.
 
     Args:
       mapping: one of MAPPINGS.
       train_inputs, train_targets: (n, grid, grid) physical images (eV or nm^-2).
+      input_transform: "linear" (the paper) or "log" (density inputs only:
+        `qdjax.ml.scaling` explains why); targets are always scaled linearly.
 
     Returns:
-      Scalers (potentials: fixed [0, 0.5] eV; densities: [0, 1.1 max] nm^-2).
+      Scalers (potentials: fixed [0, 0.5] eV; densities: [0, 1.1 max] nm^-2, or for log
+      inputs [1e-12 max, 1.1 max] nm^-2 on a log scale).
     """
     src, dst = check_mapping(mapping)
+    if input_transform != "linear" and KINDS[src] != "density":
+        raise ValueError(f"input_transform={input_transform!r} needs a density input, not {mapping!r}")
     return Scalers(
-        scaling.fit_scaler(train_inputs, KINDS[src]),
+        scaling.fit_scaler(train_inputs, KINDS[src], transform=input_transform),
         scaling.fit_scaler(train_targets, KINDS[dst]),
     )
 
@@ -112,6 +117,8 @@ def score(pred: ArrayLike, ref: ArrayLike, target_scaler: scaling.Scaler, train_
       "paper_ssim", "paper_mssim" (n,), and set-level floats "r2" (training mean map) and
       "paper_r2" (8-bit references on [-1, 1], mean map of the scored set).
     """
+    if target_scaler.transform != "linear":
+        raise ValueError(f"scores need a linear target scaler, got transform={target_scaler.transform!r}")
     pred = np.asarray(pred, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     data_range = target_scaler.hi - target_scaler.lo

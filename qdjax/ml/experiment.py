@@ -77,6 +77,7 @@ def run_mapping(
     eval_every: int = 200,
     symmetrize: bool = False,
     density_head: bool = False,
+    input_transform: str = "linear",
     length_nm: float = 30.0,
     monitor: int = 30,
     train_monitor: int = 100,
@@ -97,6 +98,8 @@ def run_mapping(
       density_head: for density targets, end the generator in the normalised density head
         (GeneratorConfig.density_norm): predictions are non-negative and integrate to the
         training densities' electron number exactly.
+      input_transform: "linear" (the paper) or "log" (density inputs on a log scale with a
+        floor of 1e-12 of the largest training density; `qdjax.ml.scaling`).
       length_nm: box side, for figure axes.
       monitor: number of test images whose SSIM is followed during training.
       train_monitor: number of training images used for the training-set R^2 curve.
@@ -110,7 +113,7 @@ def run_mapping(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_in, train_out = (np.asarray(splits["train"][q], np.float64) for q in (src, dst))
-    scalers = evaluate.fit_scalers(mapping, train_in, train_out)
+    scalers = evaluate.fit_scalers(mapping, train_in, train_out, input_transform)
     if density_head:
         if evaluate.KINDS[dst] != "density" or scalers.targets.lo != 0.0:
             raise ValueError(f"density_head needs a density target scaled from 0, not {mapping!r}")
@@ -160,6 +163,7 @@ def run_mapping(
         "best_step": best.step,
         "symmetrize": symmetrize,
         "density_head": density_head,
+        "input_transform": input_transform,
         "n_train": len(train_in),
         "n_validation": len(splits["validation"][src]),
         "n_test": len(test_in),
