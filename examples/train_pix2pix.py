@@ -44,6 +44,7 @@ def parse(argv=None):
     p.add_argument("--d4", action="store_true", help="random symmetry-of-the-square augmentation")
     p.add_argument("--symmetrize", action="store_true", help="predict with the D4-averaged generator")
     p.add_argument("--density-head", action="store_true", help="normalised density output layer (density targets)")
+    p.add_argument("--log-input", action="store_true", help="density inputs on a log scale (density-input mappings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--paper", action="store_true", help="paper protocol (overrides sizes and Table I settings)")
     p.add_argument("--no-progress", action="store_true")
@@ -86,6 +87,7 @@ def main(argv=None):
                 splits, mapping, config, steps=args.steps, out_dir=folder, key=args.seed,
                 eval_every=args.eval_every, symmetrize=args.symmetrize, progress=not args.no_progress,
                 density_head=args.density_head and MAPPINGS[mapping][1] != "V",
+                input_transform="log" if args.log_input and MAPPINGS[mapping][0] != "V" else "linear",
             )
             t = run.summary["test"]
             rows.append({"mapping": mapping, "N": n, "r2": t["r2"], "ssim": t["ssim_mean"], "mssim": t["mssim_mean"],

@@ -249,6 +249,8 @@ def _add_train(subparsers) -> None:
     p.add_argument("--symmetrize", action="store_true", help="evaluate with the D4-averaged generator")
     p.add_argument("--density-head", action="store_true",
                    help="normalised density output layer (non-negative, integrates to N) for density targets")  # fmt: skip
+    p.add_argument("--log-input", action="store_true",
+                   help="density inputs on a log scale (floor 1e-12 of the training peak) instead of linear")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -269,6 +271,7 @@ def _run_train(args: argparse.Namespace) -> int:
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
+        input_transform="log" if args.log_input else "linear",
         progress=not args.no_progress, length_nm=ed_config.length_nm,
     )
     t = run.summary["test"]

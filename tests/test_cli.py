@@ -130,13 +130,15 @@ def tiny_dataset(tmp_path_factory):
 
 
 def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
-    # Each subcommand runs on the tiny dataset and writes what its help promises.
-    for mapping, folder in (("V->n_int", "fwd"), ("n_int->V", "inv")):
+    # Each subcommand runs on the tiny dataset and writes what its help promises; the inverse
+    # generator takes its density input on a log scale, which invert then uses inside its graph.
+    for mapping, folder, extra in (("V->n_int", "fwd", []), ("n_int->V", "inv", ["--log-input"])):
         argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / folder), "--mapping", mapping,
                 "--steps", "4", "--eval-every", "2", "--batch", "2", "--discriminator", "pixel1", "--lr-decay", "2",
-                "--no-progress"]
+                "--no-progress", *extra]
         assert cli.main(argv) == 0
-        assert (tmp_path / folder / "metrics.json").exists()
+        summary = json.loads((tmp_path / folder / "metrics.json").read_text())
+        assert summary["scalers"]["inputs"]["transform"] == ("log" if extra else "linear")
     assert "test R^2" in capsys.readouterr().out
     argv = ["evaluate", "--checkpoint", str(tmp_path / "fwd" / "checkpoints"), "--data", str(tiny_dataset),
             "--split", "validation", "--out", str(tmp_path / "eval")]
@@ -174,6 +176,12 @@ def test_invert_refuses_a_forward_checkpoint(tiny_dataset, tmp_path, capsys):
             str(tmp_path / "x")]
     assert cli.main(argv) == 1
     assert "n_int->V" in one_line_error(capsys, "invert")
+
+
+def test_log_input_of_a_potential_is_refused(tiny_dataset, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--steps", "2", "--log-input"]
+    assert cli.main(argv) == 1
+    assert "density input" in one_line_error(capsys, "train")
 
 
 def test_lr_decay_longer_than_training_is_refused(tiny_dataset, tmp_path, capsys):

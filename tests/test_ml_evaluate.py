@@ -55,11 +55,25 @@ def test_scores_of_perfect_and_imperfect_predictions():
     assert agg["l1_mean"] == pytest.approx(float(np.mean(s["l1"])))
 
 
-@pytest.mark.parametrize("symmetrize", [False, True])
-def test_generator_function_equals_predict(symmetrize):
+def test_log_input_scalers():
+    # log scale for density inputs only; targets stay linear, and scores refuse a log target
+    rng = np.random.default_rng(4)
+    V, n = rng.uniform(0, 0.5, (3, 8, 8)), rng.uniform(0, 0.02, (3, 8, 8))
+    s = evaluate.fit_scalers("n_int->V", n, V, "log")
+    assert (s.inputs.transform, s.targets.transform) == ("log", "linear")
+    assert evaluate.fit_scalers("n0->n_int", n, n, "log").targets == evaluate.fit_scalers("n0->n_int", n, n).targets
+    with pytest.raises(ValueError, match="density input"):
+        evaluate.fit_scalers("V->n_int", V, n, "log")
+    with pytest.raises(ValueError, match="linear target"):
+        evaluate.score(n, n, s.inputs, n.mean(0))
+
+
+@pytest.mark.parametrize("symmetrize, transform", [(False, "linear"), (True, "linear"), (False, "log")])
+def test_generator_function_equals_predict(symmetrize, transform):
     # The pure-JAX generator gives the same physical images as qdjax.ml.train.predict.
     state = train.init_state(small_pix2pix(), jax.random.key(0))
-    scalers = evaluate.Scalers(evaluate.scaling.Scaler(0.0, 0.03, "nm^-2"), evaluate.scaling.Scaler(0.0, 0.5, "eV"))
+    lo = 1e-12 if transform == "log" else 0.0
+    scalers = evaluate.Scalers(evaluate.scaling.Scaler(lo, 0.03, "nm^-2", transform), evaluate.scaling.Scaler(0.0, 0.5, "eV"))
     n = np.random.default_rng(1).random((3, 16, 16)) * 0.03
     ref = evaluate.predict_physical(state, n, scalers, symmetrize=symmetrize)
     gf = evaluate.generator_function(state, scalers, symmetrize=symmetrize)

@@ -2,11 +2,12 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qdjax.ml.scaling import POTENTIAL_RANGE_EV, Scaler, fit_scaler
+from qdjax.ml.scaling import LOG_FLOOR, POTENTIAL_RANGE_EV, Scaler, fit_scaler
 
 
 def test_potential_scaler_fixed_range():
@@ -43,9 +44,48 @@ def test_dict_roundtrip_through_json():
     assert back == s
 
 
+def test_log_scaler_closed_form_and_inverse():
+    # decades between the floor and the top are spread evenly over [-1, 1]
+    s = Scaler(1e-12, 1e-2, "nm^-2", "log")
+    x = np.array([1e-12, 1e-7, 1e-2, 1e-20, 0.0, -1e-16])
+    np.testing.assert_allclose(s.to_unit(x), [-1.0, 0.0, 1.0, -1.0, -1.0, -1.0], atol=1e-14)
+    xs = np.geomspace(1e-12, 1e-2, 11)
+    np.testing.assert_allclose(s.from_unit(s.to_unit(xs)), xs, rtol=1e-12)
+    y = np.linspace(-1, 1, 7)
+    np.testing.assert_allclose(s.to_unit(s.from_unit(y)), y, atol=1e-12)
+
+
+def test_log_scaler_traces_and_differentiates():
+    # used inside jitted graphs (qdjax.inverse): jnp in, jnp out; d/dx = 2 / (x log(hi / lo))
+    s = Scaler(1e-10, 1.0, "nm^-2", "log")
+    x = jnp.asarray([1e-5, 0.3])
+    np.testing.assert_allclose(jax.jit(s.to_unit)(x), s.to_unit(np.asarray(x)), atol=1e-6)
+    g = jax.vmap(jax.grad(s.to_unit))(x)
+    np.testing.assert_allclose(g, 2 / (np.asarray(x) * np.log(1e10)), rtol=1e-5)
+    assert float(jax.grad(s.to_unit)(jnp.asarray(1e-12))) == 0.0  # below the floor: clamped
+
+
+def test_fit_log_density_scaler():
+    n = np.random.default_rng(3).uniform(0, 0.02, (4, 16, 16))
+    s = fit_scaler(n, "density", transform="log", log_floor=1e-9)
+    assert s.transform == "log" and s.lo == pytest.approx(1e-9 * n.max()) and s.hi == pytest.approx(1.1 * n.max())
+    assert fit_scaler(n, "density", transform="log").lo == pytest.approx(LOG_FLOOR * n.max())
+    assert Scaler.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_dict_without_transform_is_linear():
+    # checkpoints written before the transform field existed
+    assert Scaler.from_dict({"lo": 0.0, "hi": 0.5, "unit": "eV"}) == Scaler(0.0, 0.5, "eV", "linear")
+
+
 @pytest.mark.parametrize(
     "call",
     [
+        lambda: Scaler(0.0, 1.0, "nm^-2", "log"),
+        lambda: Scaler(0.0, 1.0, "", "sqrt"),
+        lambda: fit_scaler(None, "potential", transform="log"),
+        lambda: fit_scaler(np.ones((2, 4, 4)), "density", transform="log", log_floor=0.0),
+        lambda: fit_scaler(np.ones((2, 4, 4)), "density", transform="exp"),
         lambda: Scaler(1.0, 1.0),
         lambda: Scaler(0.0, float("nan")),
         lambda: fit_scaler(np.ones((2, 4, 4)), "current"),
