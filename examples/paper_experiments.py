@@ -46,6 +46,7 @@ EXPERIMENTS = {
     "long_V_n_int_N4": dict(mapping="V->n_int", n=4, **LONG),
     "long_V_n0_N2": dict(mapping="V->n0", n=2, **LONG),
     "long_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG),
+    "long_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**LONG, "density_head": False}),
     # density inputs on a log scale (floor 1e-12 of the training peak; qdjax.ml.scaling)
     "log_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**LONG, "density_head": False}, input_transform="log"),
     "log_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG, input_transform="log"),
