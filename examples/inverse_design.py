@@ -9,7 +9,7 @@ on V through the ED. Figures (paper Fig. 10 and before/after refinement) and inv
 
     python examples/inverse_design.py                                     # small default, minutes on 2 cores
     python examples/inverse_design.py --data runs/data/paper \\
-        --checkpoint runs/experiments/best_n_int_V_N2/checkpoints --refine 100 --refine-steps 200
+        --checkpoint runs/experiments/log_n_int_V_N2/checkpoints --refine 100 --refine-steps 200
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv=None):
     p.add_argument("--refine", type=int, default=4, help="test samples refined by gradients through the ED")
     p.add_argument("--refine-steps", type=int, default=50)
     p.add_argument("--symmetrize", action="store_true", help="average the generator over the 8 symmetries of the square")
+    p.add_argument("--log-input", action="store_true", help="train the generator on log-scale densities (qdjax.ml.scaling)")
     p.add_argument("--out", default="runs/inverse_design")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -48,7 +49,7 @@ def main(argv=None):
         pix = experiment.pix2pix_config("authors", "image70", args.batch, 2e-4, image_size=config.grid)
         run = experiment.run_mapping(splits, "n_int->V", pix, steps=args.steps, out_dir=out / "n_int_to_V",
                                      key=args.seed, eval_every=max(1, args.steps // 4), progress=progress,
-                                     length_nm=config.length_nm)
+                                     length_nm=config.length_nm, input_transform="log" if args.log_input else "linear")
         state, scalers = run.state, run.scalers
     else:
         loaded = experiment.load_run(args.checkpoint)  # run_inverse refuses other mappings

@@ -159,7 +159,7 @@ def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
 
     example = runpy.run_path(str(REPO / "examples" / "inverse_design.py"))
     example["main"](["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
-                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress"])  # fmt: skip
+                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress", "--log-input"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "recomputed-density R^2" in printed and "refined 1" in printed
     summary = json.loads((tmp_path / "inv" / "inverse.json").read_text())
