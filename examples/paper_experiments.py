@@ -33,6 +33,8 @@ PAPER = dict(batch=1, lr=1e-4, d4=False, density_head=False, steps=6000)
 SWEEP = dict(batch=16, lr=2e-4, d4=True, density_head=True, steps=1000)
 #: BEST trained longer, with the learning rate decayed linearly to zero over the second half.
 LONG = dict(BEST, steps=6000, decay_start=3000, decay_steps=3000)
+#: LONG with 10000 steps (33 epochs), the decay over the second half.
+XLONG = dict(BEST, steps=10000, decay_start=5000, decay_steps=5000)
 
 EXPERIMENTS = {
     "best_V_n_int_N2": dict(mapping="V->n_int", n=2, **BEST),
@@ -50,6 +52,8 @@ EXPERIMENTS = {
     # density inputs on a log scale (floor 1e-12 of the training peak; qdjax.ml.scaling)
     "log_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**LONG, "density_head": False}, input_transform="log"),
     "log_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **LONG, input_transform="log"),
+    "xlong_log_n_int_V_N2": dict(mapping="n_int->V", n=2, **{**XLONG, "density_head": False}, input_transform="log"),
+    "xlong_log_n0_n_int_N2": dict(mapping="n0->n_int", n=2, **XLONG, input_transform="log"),
     **{f"disc_{d}_N2": dict(mapping="V->n_int", n=2, discriminator=d, **SWEEP)
        for d in ("image70", "patch34", "patch16", "patch7", "patch4", "pixel1")},
     "ablate_no_d4_N2": dict(mapping="V->n_int", n=2, **{**SWEEP, "d4": False}),
