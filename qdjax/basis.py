@@ -26,6 +26,14 @@ the adjoint gives the pixel-averaged density n = (4/M)^2 / (L^2 h^2) Phi D Phi^T
 D[xi, eta] = sum_pq gamma_pq (S C_p S^T)[xi, eta] (S C_q S^T)[xi, eta]. Both are equal to the
 table form up to rounding (tests/test_solvers.py).
 
+Mixed form (the fastest product for a fixed V). The sine transform in x alone, with the pixel
+table in y, gives one basis x basis block per x frequency,
+
+    K_xi[n, n'] = sum_eta What[xi, eta] S[eta, n] S[eta, n'] = (4 / M) / L sum_ij Phi[i, xi] V[i, j] A[j, n, n'],
+
+and <V> X = S^T_x K S_x X: two (M/2) x basis products and one batch of basis x basis products
+per column, half the work of the spectral form, after the K_xi are built once per potential.
+
 Host tables are NumPy float64, built once per configuration (functools.lru_cache; they depend
 only on the static configuration) and marked read-only.
 """
@@ -196,6 +204,46 @@ def apply_potential(spectrum: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.
     t = jnp.einsum("yn,...xyv->...xnv", s, t)
     t = jnp.einsum("xm,...xnv->...mnv", s, t)
     return t.reshape(X.shape)
+
+
+def potential_kernels(V: ArrayLike, config: EDConfig) -> jax.Array:
+    """Blocks K_xi of the mixed form of the potential matrix (module docstring).
+
+    Args:
+      V: float array (..., grid, grid), eV.
+      config: static settings.
+
+    Returns:
+      array (..., 2 basis - 1, basis, basis), eV; each block symmetric; linear in V.
+    """
+    V = jnp.asarray(V)
+    b = config.basis
+    phi, _ = sine_transform_tables(config.length_nm, config.grid, b)
+    a = overlap_table(config.length_nm, config.grid, b)
+    phi_t = jnp.asarray(phi.T, dtype=V.dtype)
+    a = jnp.asarray(a.reshape(config.grid, b * b), dtype=V.dtype)
+    k = (phi_t @ V @ a) / (b * config.length_nm)  # (4 / M) / L with M = 4 basis
+    return k.reshape(k.shape[:-1] + (b, b))
+
+
+def apply_potential_kernels(kernels: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.Array:
+    """Product of the potential matrix with vectors in the mixed form, <V> X = S^T K S X.
+
+    Args:
+      kernels: array (2 basis - 1, basis, basis) from `potential_kernels`, eV (one potential).
+      X: array (basis**2, v), coefficients in the product sine basis.
+      config: static settings.
+
+    Returns:
+      array (basis**2, v), eV; equals potential_matrix(V) @ X up to rounding.
+    """
+    b = config.basis
+    _, s = sine_transform_tables(config.length_nm, config.grid, b)
+    v = X.shape[-1]
+    t = jnp.asarray(s, dtype=X.dtype) @ X.reshape(b, b * v)  # (xi, n v): transform over m
+    t = kernels @ t.reshape(2 * b - 1, b, v)  # (xi, n, v): K_xi on the y index
+    t = jnp.asarray(s.T, dtype=X.dtype) @ t.reshape(2 * b - 1, b * v)  # (m, n v)
+    return t.reshape(b * b, v)
 
 
 def orbital_density(coefficients: ArrayLike, gamma: ArrayLike, config: EDConfig) -> jax.Array:

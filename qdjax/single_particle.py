@@ -9,7 +9,8 @@ Two solvers give the same orbitals:
 - `solve` / `diagonalize`: dense symmetric eigendecomposition of the basis^2 x basis^2 matrix
   (the reference; O(basis^6)).
 - `solve_iterative`: LOBPCG (qdjax.linalg.lobpcg) on the matrix-free H0 X = T X + <V> X
-  (qdjax.basis.apply_potential, O(basis^3) per column), started from and preconditioned by the
+  (qdjax.basis.apply_potential_kernels, O(basis^3) per column, with the blocks of
+  qdjax.basis.potential_kernels built once per potential), started from and preconditioned by the
   exact solution in the `COARSE_MODES` lowest kinetic modes (block Jacobi: the coarse block of
   H0 inverted exactly, (T + mean(V) - sigma)^-1 on the other modes). Its derivative is written
   out (custom JVP, transposed by JAX for jax.grad): inside the K orbitals the pair terms
@@ -130,7 +131,7 @@ def iterative_supported(config: EDConfig) -> bool:
 
 
 class _Setup(NamedTuple):
-    spectrum: jax.Array  # (2b-1, 2b-1) eV, basis.potential_spectrum
+    kernels: jax.Array  # (2b-1, b, b) eV, basis.potential_kernels
     kinetic: jax.Array  # (b^2,) eV
     high: jax.Array  # (b^2,) eV, T + mean(V): diagonal model of H0 outside the coarse modes
     coarse_values: jax.Array  # (s,) eV, eigenvalues of the coarse block
@@ -143,11 +144,11 @@ def _setup(V: jax.Array, config: EDConfig) -> _Setup:
     kinetic = jnp.asarray(kinetic, dtype=V.dtype)
     block = basis.potential_submatrix(V, modes, config) + jnp.diag(kinetic[modes])
     lam, z = linalg.symmetric_eigh(block)
-    return _Setup(basis.potential_spectrum(V, config), kinetic, kinetic + jnp.mean(V), lam, z)
+    return _Setup(basis.potential_kernels(V, config), kinetic, kinetic + jnp.mean(V), lam, z)
 
 
 def _apply_h0(setup: _Setup, x: jax.Array, config: EDConfig) -> jax.Array:
-    return setup.kinetic[:, None] * x + basis.apply_potential(setup.spectrum, x, config)
+    return setup.kinetic[:, None] * x + basis.apply_potential_kernels(setup.kernels, x, config)
 
 
 def _lobpcg(V: jax.Array, config: EDConfig):

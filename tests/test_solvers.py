@@ -26,6 +26,7 @@ def test_matrix_free_potential_equals_table_form(cfg):
     X = jnp.asarray(rng.normal(size=(cfg.basis**2, 5)))
     vm = basis.potential_matrix(V, cfg)
     np.testing.assert_allclose(basis.apply_potential(basis.potential_spectrum(V, cfg), X, cfg), vm @ X, atol=1e-13)
+    np.testing.assert_allclose(basis.apply_potential_kernels(basis.potential_kernels(V, cfg), X, cfg), vm @ X, atol=1e-13)
     modes = np.array([0, 3, 10, cfg.basis**2 - 1])
     np.testing.assert_allclose(basis.potential_submatrix(V, modes, cfg), vm[np.ix_(modes, modes)], atol=1e-14)
     g = random_symmetric(5, 1)
@@ -64,6 +65,31 @@ def test_lobpcg_and_pcg_on_random_matrix():
     b = jnp.asarray(rng.normal(size=(n, 3)))
     x = linalg.pcg(lambda y: spd @ y, b, lambda r: r, 1e-13, 1000)
     np.testing.assert_allclose(spd @ x, b, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", ["full rank", "dependent", "empty block"])
+def test_rayleigh_ritz_gram_equals_projected_eigh(case):
+    # Reference: numpy.linalg.eigh of H projected on an orthonormal basis of span(S) (from an
+    # SVD, independent of the Gram/Cholesky route). A dependent column (forcing the fallback
+    # through the Gram eigendecomposition) or a zero block (P before the first LOBPCG step)
+    # must not change the Ritz pairs of the span.
+    rng = np.random.default_rng(5)
+    n, m, k = 60, 9, 4
+    h = random_symmetric(n, 6)
+    s = rng.normal(size=(n, m)) * rng.uniform(0.1, 10.0, size=m)
+    if case == "dependent":
+        s[:, 4] = s[:, 1] * 3.0 + 1e-13 * rng.normal(size=n)
+    elif case == "empty block":
+        s[:, 6:] = 0.0
+    u, sv, _ = np.linalg.svd(s, full_matrices=False)
+    q = u[:, sv > 1e-6 * sv[0]]
+    ref = np.linalg.eigvalsh(q.T @ h @ q)[:k]
+    gram, a = s.T @ s, s.T @ h @ s
+    theta, c = linalg._rayleigh_ritz_gram(jnp.asarray(gram), jnp.asarray(a), k)
+    np.testing.assert_allclose(theta, ref, atol=1e-10)
+    x = s @ np.asarray(c)
+    np.testing.assert_allclose(x.T @ x, np.eye(k), atol=1e-9)
+    np.testing.assert_allclose(x.T @ h @ x, np.diag(ref), atol=1e-9)
 
 
 def _check_orbitals_against_dense(V, config):
