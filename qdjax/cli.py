@@ -331,7 +331,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                "samples": len(inputs), "symmetrize": args.symmetrize, "scores": evaluate.aggregate(scores)}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     length = data.config_from_manifest(data.read_manifest(args.data)).length_nm
-    experiment.write_image_figures(inputs, targets, prediction, scores, run.mapping, out, length)
+    experiment.write_image_figures(inputs, targets, prediction, scores, run.mapping, out, length,
+                                   log_input=run.scalers.inputs.transform == "log")
     a = summary["scores"]
     print(f"qdjax evaluate: {run.mapping} on {args.split} ({len(inputs)} samples): R^2 {a['r2']:.4f}, "
           f"SSIM {a['ssim_mean']:.4f}, MSSIM {a['mssim_mean']:.4f}, L1 {a['l1_mean']:.3e}, "

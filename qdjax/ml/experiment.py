@@ -175,25 +175,31 @@ def run_mapping(
         "config": config.to_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm)
+    write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm,
+                  log_input=input_transform == "log")
     return MappingRun(best.state, scalers, fit.history, best.step, prediction, scores, summary, out)
 
 
-def write_figures(history, inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3) -> None:
+def write_figures(history, inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3, log_input=False) -> None:
     """The figures listed in the module docstring, into folder `out`."""
-    write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm, rows)
+    write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm, rows, log_input)
     write_history_figures(history, mapping, out)
 
 
-def write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3) -> None:
+def write_image_figures(inputs, targets, prediction, scores, mapping, out, length_nm=30.0, rows=3, log_input=False) -> None:
     """mapping.png (first `rows` images) and worst.png (worst 5% by R^2) into folder `out`.
 
     Args:
       inputs, targets, prediction: (n, grid, grid) physical images.
       scores: from evaluate.score. mapping: mapping name. length_nm: box side for the axes.
+      log_input: draw the (density) input as log10 of its value in nm^-2, as the generator
+        sees it (`evaluate.fit_scalers(..., input_transform="log")`).
     """
     src, dst = evaluate.check_mapping(mapping)
     u_in, u_out = UNITS[src], UNITS[dst]
+    if log_input:
+        inputs = np.log10(np.maximum(inputs, 1e-300))
+        src, u_in = f"log10 {src}", f"log10({u_in})"
 
     def row(i, target_label, predicted_label):
         return [
