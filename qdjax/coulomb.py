@@ -18,10 +18,22 @@ once per configuration (docs/theory.md, "Coulomb").
 Evaluation. With M = 2 grid, the integrals are the quadratic form of the circular convolution,
 (a|b) = sum_x rho_a(x) (W * rho_b)(x) = (1/M^2) sum_k What(k) conj(rhohat_a(k)) rhohat_b(k)
 (Parseval; exact because rho vanishes outside the first grid x grid block). What is real,
-positive and even in k_x and k_y separately, so only the real transforms
-F rho F^T with F = [cos(2 pi k x / M), k = 0..grid; sin(2 pi k x / M), k = 1..grid-1] survive:
-(a|b) = sum_kl w_kl (F rho_a F^T)_kl (F rho_b F^T)_kl. Two matrix products per pair density and
-one Gram matrix, no inverse transform (about twice as fast as the FFT form, equal to rounding).
+positive and even in k_x and k_y separately. Transforming only x (real transforms: cos and sin
+rows, k = 0..grid) leaves, for every x row k, the quadratic form of a symmetric positive
+definite Toeplitz matrix in y,
+
+    (a|b) = sum_k U_a[k]^T G_k U_b[k],   U = F_x rho,
+    G_k[y, y'] = (mult_k / M^2) sum_{l=0..grid} mult_l What(k, l) cos(2 pi l (y - y') / M)
+
+(mult = 1 at 0 and grid, else 2). Two symmetries halve the work: pixel coordinates are taken
+from the centre of the box (a common shift of the samples multiplies rhohat_a and rhohat_b by
+the same phase, which leaves the sum unchanged), so that the cos rows of F_x see only the part
+of rho that is even under x -> L - x and the sin rows only the odd part; and G_k commutes with
+the mirror y -> L - y, so it splits into an even and an odd block. With the Cholesky factors
+L of those blocks (computed once per configuration; condition number ~1e2 at the paper size),
+Y = U L and (a|b) = sum Y_a Y_b: per pair density one (grid+1) x grid/2 product for each
+x parity, one batch of grid/2 x grid/2 products, then one Gram matrix over 4 (grid+1) grid/2
+entries (about a third of the work of transforming both directions, equal to rounding).
 """
 
 from __future__ import annotations
@@ -93,29 +105,61 @@ def vico_kernel(length_nm: float, grid: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def spectral_tables(length_nm: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real transform F and the square roots of the Gram weights (module docstring).
+def factored_tables(length_nm: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """x transforms of the folded pair densities and the Cholesky factors of the y blocks
+    (module docstring).
+
+    The fold takes the h = ceil(grid / 2) pixels of the upper half of each axis, s(i) =
+    rho(i) +- rho(grid - 1 - i) (the centre pixel of an odd grid is its own mirror).
 
     Returns:
-      F: float64 (2 grid, grid), the cos rows k = 0..grid then the sin rows k = 1..grid - 1.
-      sqrt_weights: float64 (4 grid^2,), nm^(1/2), flattened over (row of F, row of F),
-        sqrt(mult_k mult_l What(k, l)) / (2 grid) with mult = 1 at k = 0, grid and 2 otherwise.
+      F: float64 (2, grid + 1, h), dimensionless: [0] cos rows k = 0..grid acting on the even
+        fold, [1] sin rows k = 0..grid acting on the odd fold (rows that vanish identically
+        contribute zero).
+      L: float64 (2 (grid + 1) * 2, h, h), nm: lower Cholesky factors, one per (x parity,
+        x row, y parity), of the y blocks (1/4) E^T G_k E, E the unfold of that y parity.
     """
-    m = 2 * grid
-    x = np.arange(grid)
-    kc = np.arange(grid + 1)
-    ks = np.arange(1, grid)
-    f = np.concatenate([np.cos(2 * np.pi * np.outer(kc, x) / m), np.sin(2 * np.pi * np.outer(ks, x) / m)])
-    w_hat = np.fft.rfft2(vico_kernel(length_nm, grid)).real[: grid + 1, :]  # (grid + 1, grid + 1)
+    g = grid
+    m = 2 * g
+    h = (g + 1) // 2
+    upper = np.arange(g - h, g)
+    mirror = g - 1 - upper
+    centred = upper - (g - 1) / 2.0  # 0 or 1/2 for the first upper pixel
+    k = np.arange(g + 1)
+    phase = 2 * np.pi * np.outer(k, centred) / m
+    # Unfolds E: the even (odd) part of u is E s / 2 with s the fold of u; the centre pixel of
+    # an odd grid has s = 2 u in the even fold and s = 0 in the odd one.
+    centre = upper == mirror
+    unfold_even = np.zeros((g, h))
+    unfold_even[upper, np.arange(h)] = 1.0
+    unfold_even[mirror, np.arange(h)] = 1.0
+    unfold_odd = np.zeros((g, h))
+    unfold_odd[upper, np.arange(h)] = 1.0
+    unfold_odd[mirror, np.arange(h)] = -1.0
+    unfold_odd[:, centre] = 0.0
+    # cos rows see only the even part of rho: F rho = (F E / 2) s, i.e. F on the upper pixels,
+    # with half weight on a self-mirrored centre.
+    centre_weight = np.where(centre, 0.5, 1.0)
+    f = np.stack([np.cos(phase) * centre_weight, np.sin(phase) * centre_weight])
+    w_hat = np.fft.rfft2(vico_kernel(length_nm, g)).real[: g + 1, : g + 1]  # What(k, l), l = 0..grid
     if not np.all(w_hat > 0):
         raise ValueError("the Coulomb kernel's transform is not positive; increase grid")
-    mult = np.where((kc == 0) | (kc == grid), 1.0, 2.0)
-    w = w_hat * mult[:, None] * mult[None, :] / m**2
-    rows = np.concatenate([kc, ks])  # F row -> frequency index
-    sqrt_w = np.sqrt(w[np.ix_(rows, rows)]).reshape(-1)
-    for a in (f, sqrt_w):
+    mult = np.where((k == 0) | (k == g), 1.0, 2.0)
+    d = np.arange(g)[:, None] - np.arange(g)[None, :]
+    toeplitz = np.cos(2 * np.pi * np.multiply.outer(d, k) / m)  # (g, g, l)
+    g_k = np.einsum("kl,yzl->kyz", mult[:, None] * mult[None, :] * w_hat / m**2, toeplitz)  # (k, g, g)
+    blocks = []
+    for k_row in range(g + 1):
+        for e in (unfold_even, unfold_odd):
+            b = 0.25 * e.T @ g_k[k_row] @ e
+            empty = ~e.any(axis=0)  # odd fold at an odd grid's centre: s = 0 there
+            b[empty, empty] = 1.0
+            blocks.append(np.linalg.cholesky(b))
+    chol = np.stack(blocks).reshape(g + 1, 2, h, h)
+    chol = np.stack([chol, chol]).reshape(-1, h, h)  # the same y blocks for both x parities
+    for a in (f, chol):
         a.flags.writeable = False
-    return f, sqrt_w
+    return f, chol
 
 
 def pair_indices(n_orbitals: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,19 +192,23 @@ def coulomb_tensor(orbitals_on_grid: ArrayLike, config: EDConfig) -> jax.Array:
     if not config.interacting:
         return jnp.zeros(psi.shape[:-3] + (k, k, k, k), dtype=psi.dtype)
     p, q, index = pair_indices(k)
-    f, sqrt_w = spectral_tables(config.length_nm, g)
-    f = jnp.asarray(f, dtype=psi.dtype)
-    sqrt_w = jnp.asarray(sqrt_w, dtype=psi.dtype)
+    f, chol = factored_tables(config.length_nm, g)
+    h = chol.shape[-1]
     lead = psi.shape[:-3]
     n_pairs = len(p)
-    # Layout (..., y, x, pair) so that both transforms are plain matrix products.
-    ps = jnp.swapaxes(jnp.moveaxis(psi, -3, -1), -3, -2)
-    rho = ps[..., p] * ps[..., q]  # (..., y, x, P), nm^-2
-    t = f @ rho.reshape(lead + (g, g * n_pairs))  # (..., l, x P)
-    t = jnp.swapaxes(t.reshape(lead + (2 * g, g, n_pairs)), -3, -2)  # (..., x, l, P)
-    t = f @ t.reshape(lead + (g, 2 * g * n_pairs))  # (..., k, l P)
-    t = t.reshape(lead + (4 * g * g, n_pairs)) * sqrt_w[:, None]
+    # Layout (..., x, pair, y): the x transform and the y blocks are then plain (batched) products.
+    ps = jnp.swapaxes(psi, -3, -2)  # (..., x, K, y)
+    rho = ps[..., :, p, :] * ps[..., :, q, :]  # (..., x, P, y), nm^-2
+    upper, lower = slice(g - h, g), slice(h - 1, None, -1)  # pixel i and its mirror grid - 1 - i
+    folded = []
+    for sx in (rho[..., upper, :, :] + rho[..., lower, :, :], rho[..., upper, :, :] - rho[..., lower, :, :]):
+        yu, yl = sx[..., upper], sx[..., lower]
+        folded.append(jnp.stack([yu + yl, yu - yl], axis=-3))  # (..., x', y parity, P, y')
+    folded = jnp.stack(folded, axis=-5)  # (..., x parity, x', y parity, P, y')
+    u = jnp.asarray(f, dtype=psi.dtype) @ folded.reshape(lead + (2, h, 2 * n_pairs * h))
+    u = u.reshape(lead + (chol.shape[0], n_pairs, h))  # (..., (x parity, k, y parity), P, y')
+    y = u @ jnp.asarray(chol, dtype=psi.dtype)
     prefactor = units.COULOMB_K / config.eps_r * config.pixel_nm**2
-    pairs = prefactor * (jnp.swapaxes(t, -1, -2) @ t)
+    pairs = prefactor * jnp.sum(y @ jnp.swapaxes(y, -1, -2), axis=-3)
     pairs = 0.5 * (pairs + jnp.swapaxes(pairs, -1, -2))
     return pairs[..., index[:, :, None, None], index[None, None, :, :]]

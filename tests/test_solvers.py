@@ -34,19 +34,24 @@ def test_matrix_free_potential_equals_table_form(cfg):
     np.testing.assert_allclose(basis.orbital_density(X, jnp.asarray(g), cfg), ref, atol=1e-13 * float(jnp.abs(ref).max()))
 
 
-def test_spectral_coulomb_equals_fft_convolution(config, random_V):
+@pytest.mark.parametrize(
+    "cfg", [qdjax.EDConfig(), qdjax.EDConfig(grid=21, basis=7, length_nm=11.0, orbitals=3)], ids=["paper", "odd grid"]
+)
+def test_factored_coulomb_equals_fft_convolution(cfg):
     # Reference: the direct form, zero-padded FFT convolution of each pair density with the
-    # Vico kernel followed by the pixel sum (what the Parseval form rewrites).
-    orb = single_particle.solve(jnp.asarray(random_V[0]), config)
-    psi = np.asarray(basis.on_grid(orb.coefficients, config))
-    g = config.grid
-    p, q, index = coulomb.pair_indices(config.orbitals)
+    # Vico kernel followed by the pixel sum (what the factored form rewrites). The odd grid has
+    # a self-mirrored centre pixel in both folds.
+    V = potentials.random_potentials([11], cfg)[0]
+    orb = single_particle.solve(jnp.asarray(V), cfg)
+    psi = np.asarray(basis.on_grid(orb.coefficients, cfg))
+    g = cfg.grid
+    p, q, index = coulomb.pair_indices(cfg.orbitals)
     rho = psi[p] * psi[q]
-    w = np.fft.rfft2(coulomb.vico_kernel(config.length_nm, g))
+    w = np.fft.rfft2(coulomb.vico_kernel(cfg.length_nm, g))
     phi = np.fft.irfft2(np.fft.rfft2(rho, s=(2 * g, 2 * g)) * w, s=(2 * g, 2 * g))[:, :g, :g]
-    pairs = units.COULOMB_K / config.eps_r * config.pixel_nm**2 * np.einsum("aij,bij->ab", phi, rho)
+    pairs = units.COULOMB_K / cfg.eps_r * cfg.pixel_nm**2 * np.einsum("aij,bij->ab", phi, rho)
     ref = 0.5 * (pairs + pairs.T)[index[:, :, None, None], index[None, None, :, :]]
-    np.testing.assert_allclose(coulomb.coulomb_tensor(jnp.asarray(psi), config), ref, atol=1e-15)
+    np.testing.assert_allclose(coulomb.coulomb_tensor(jnp.asarray(psi), cfg), ref, atol=1e-15)
 
 
 def test_lobpcg_and_pcg_on_random_matrix():
