@@ -307,6 +307,10 @@ def map_batch(f, xs):
     """
     b = jax.tree.leaves(xs)[0].shape[0]
     groups = math.gcd(b, jax.device_count())
+    if groups == 1:
+        # No vmap of size 1: it would turn every lax.cond inside the solvers into a select
+        # that evaluates both branches.
+        return jax.lax.map(f, xs)
     grouped = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), xs)
     out = jax.vmap(lambda chunk: jax.lax.map(f, chunk))(grouped)
     return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)

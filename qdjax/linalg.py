@@ -145,9 +145,16 @@ def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int):
     fails) the eigendecomposition of G drops the dependent directions instead
     (`_rayleigh_ritz_eig`), through lax.cond, so that branch costs nothing when not taken.
 
+    Under jax.vmap the instances are done one after another (jax.custom_batching.sequential_vmap),
+    so that the fallback stays a branch that is not evaluated instead of becoming a select.
+
     Returns:
       (theta (k,), coefficients (m, k)) with S @ coefficients orthonormal.
     """
+    return jax.custom_batching.sequential_vmap(functools.partial(_rayleigh_ritz_gram_one, k=k))(gram, a)
+
+
+def _rayleigh_ritz_gram_one(gram: jax.Array, a: jax.Array, k: int):
     m = gram.shape[-1]
     d, g, sa = _scaled(gram, a)
     empty = d == 0
