@@ -297,36 +297,67 @@ def _ground_states_single(V, n_electrons: tuple[int, ...], config: EDConfig, wit
     return GroundStates(tuple(states[:k]), tuple(states[k:]) if with_non_interacting else None), converged
 
 
-def map_batch(f, xs):
-    """f over the leading axis of xs: vmapped across jax.device_count() groups (so a batch
-    sharded over devices stays parallel), a sequential lax.map inside each group.
+def map_batch(f, xs, mesh: jax.sharding.Mesh | None = None):
+    """f over the leading axis of xs, one element after another (jax.lax.map).
+
+    mesh: a one-axis Mesh over which the leading axis of xs is split: each of its devices maps f
+      over its consecutive share (jax.shard_map), running the same program as one device on the
+      whole batch, so the results do not depend on the number of devices. None (inside an outer
+      jit, where the placement is not known): a plain lax.map when jax.device_count() is 1,
+      else vmapped across gcd(batch, device_count) groups, which XLA partitions along a
+      sharded batch, with a lax.map inside each group.
 
     Measured on a 2-core CPU (docs/benchmarks.md): one potential at a time runs faster per
     potential than a vmapped batch, whose iterative-solver state no longer fits in cache and
-    whose while loops run until the slowest lane has converged.
+    whose while loops run until the slowest lane has converged; and a vmap even of one group
+    turns every lax.cond inside the solvers into a select that evaluates both branches.
     """
+    if mesh is not None:
+        spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+        mapped = functools.partial(jax.lax.map, f)
+        return jax.shard_map(mapped, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(xs)
     b = jax.tree.leaves(xs)[0].shape[0]
     groups = math.gcd(b, jax.device_count())
     if groups == 1:
-        # No vmap of size 1: it would turn every lax.cond inside the solvers into a select
-        # that evaluates both branches.
         return jax.lax.map(f, xs)
     grouped = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), xs)
     out = jax.vmap(lambda chunk: jax.lax.map(f, chunk))(grouped)
     return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
+def _batch_mesh(V) -> jax.sharding.Mesh | None:
+    """The one-axis Mesh that `map_batch` should split a concrete batch V (b, grid, grid) over.
+
+    V sharded along its leading axis with NamedSharding(Mesh(devices, (name,)), P(name)): that
+    mesh; V on one device: a mesh of that device (a plain lax.map there); anything else (a
+    tracer, other shardings, a batch that does not divide evenly): None.
+    """
+    if isinstance(V, jax.core.Tracer) or not isinstance(V, jax.Array) or V.ndim != 3:
+        return None
+    sharding = V.sharding
+    devices = sharding.device_set
+    if len(devices) == 1:
+        return jax.sharding.Mesh(np.asarray(list(devices)), ("batch",))
+    if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.mesh.axis_names) == 1:
+        spec = tuple(sharding.spec) + (None,) * 3
+        name = sharding.mesh.axis_names[0]
+        if spec[0] == name and spec[1:3] == (None, None) and V.shape[0] % sharding.mesh.size == 0:
+            return sharding.mesh
+    return None
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool,
+                           mesh: jax.sharding.Mesh | None = None):
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
-    out = map_batch(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting), flat)
+    out = map_batch(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting), flat, mesh)
     return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
 
 
 def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
     """_ground_states_batched, with the dense solvers redoing unconverged instances (eager)."""
-    out, converged = _ground_states_batched(V, ns, config, with_non_interacting)
+    out, converged = _ground_states_batched(V, ns, config, with_non_interacting, _batch_mesh(V))
     if isinstance(converged, jax.core.Tracer) or config.eigensolver == "dense":
         return out
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
@@ -340,7 +371,9 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     )
     batch = V.shape[:-2]
     flat_v = V.reshape((-1,) + V.shape[-2:])
-    redo, _ = _ground_states_batched(flat_v[bad], ns, config.replace(eigensolver="dense"), with_non_interacting)
+    redo_v = flat_v[bad]
+    redo, _ = _ground_states_batched(redo_v, ns, config.replace(eigensolver="dense"), with_non_interacting,
+                                     _batch_mesh(redo_v))
 
     def merge(a, r):
         a = a.reshape((-1,) + a.shape[len(batch):])
