@@ -79,8 +79,6 @@ def fit_scalers(mapping: str, train_inputs: ArrayLike, train_targets: ArrayLike,
       inputs [1e-12 max, 1.1 max] nm^-2 on a log scale).
     """
     src, dst = check_mapping(mapping)
-    if input_transform != "linear" and KINDS[src] != "density":
-        raise ValueError(f"input_transform={input_transform!r} needs a density input, not {mapping!r}")
     return Scalers(
         scaling.fit_scaler(train_inputs, KINDS[src], transform=input_transform),
         scaling.fit_scaler(train_targets, KINDS[dst]),

@@ -176,7 +176,7 @@ def run_mapping(
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm,
-                  log_input=input_transform == "log")
+                  log_input=scalers.inputs.transform == "log")
     return MappingRun(best.state, scalers, fit.history, best.step, prediction, scores, summary, out)
 
 

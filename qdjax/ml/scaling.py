@@ -57,7 +57,7 @@ _UNITS = {"potential": "eV", "density": "nm^-2"}
 
 @dataclasses.dataclass(frozen=True)
 class Scaler:
-    """Invertible affine map from the physical interval [lo, hi] onto [-1, 1].
+    """Invertible map (affine or logarithmic) from the physical interval [lo, hi] onto [-1, 1].
 
     Attributes:
       lo: physical value sent to -1 (e.g. eV for potentials, nm^-2 for densities); for the
@@ -162,7 +162,7 @@ def fit_scaler(
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     if transform == "log" and kind != "density":
-        raise ValueError("the log transform is for densities only (potentials take the value 0)")
+        raise ValueError("the log transform needs a density input (potentials take the value 0)")
     if not (isinstance(log_floor, (int, float)) and 0 < log_floor < 1):
         raise ValueError(f"log_floor must be a number in (0, 1), got {log_floor!r}")
     arr = None
