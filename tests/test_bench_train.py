@@ -5,7 +5,8 @@
   of the generator and of the discriminator must agree to float32 rounding (~1e-6), and so
   must the losses of two training steps and the parameters after one step. Skipped when
   torch (a benchmark-only dependency, not installed in CI) is absent.
-* qdjax's fast convolution paths (image patches times the kernel, chosen for small maps)
+* qdjax's fast convolution paths (image patches times the kernel, chosen for small maps,
+  and the transposed convolution as a product with every kernel tap plus an overlap-add)
   equal Flax's convolution layers (always run).
 """
 
@@ -90,7 +91,7 @@ def test_both_conv_paths_are_used():
 
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16)])
 def test_conv_transpose_paths_agree(hw):
-    """ConvTranspose2x (both evaluations) equals nnx.ConvTranspose on the U-Net's map sizes."""
+    """ConvTranspose2x equals nnx.ConvTranspose on the U-Net's map sizes and channel counts."""
     c_in = 512 if hw[0] <= 8 else 4
     ours = models.ConvTranspose2x(c_in, 3, 4, use_bias=False, rngs=nnx.Rngs(0))
     ref = nnx.ConvTranspose(c_in, 3, (4, 4), strides=2, padding="SAME", use_bias=False, rngs=nnx.Rngs(1))

@@ -474,15 +474,21 @@ def _dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
+def _tconv_lead(kernel: int) -> int:
+    """Leading zeros p of a stride-2 'SAME' ``lax.conv_transpose`` with a k-tap kernel along
+    one axis: ceil(k / 2) for k >= 3, k - 1 for k <= 2."""
+    return kernel - 1 if 2 > kernel - 1 else -(-kernel // 2)
+
+
 def _phase_taps(kernel: int) -> tuple[tuple[tuple[int, ...], int], tuple[tuple[int, ...], int]]:
     """Per output phase a in {0, 1}: (kernel taps t, input offset of the first tap) of a
     stride-2 'SAME' transposed convolution along one axis.
 
     ``lax.conv_transpose`` (no kernel flip) computes y[o] = sum_t xd[o + t - p] w[t] with xd
-    the input dilated by 2 and p = ceil(k / 2) (k >= 3; k - 1 for k <= 2) leading zeros, so
+    the input dilated by 2 and p = `_tconv_lead` (k) leading zeros, so
     y[2 m + a] = sum over t with (a + t - p) even of x[m + (a + t - p) / 2] w[t].
     """
-    pad = kernel - 1 if 2 > kernel - 1 else -(-kernel // 2)
+    pad = _tconv_lead(kernel)
     out = []
     for a in range(2):
         taps = tuple(t for t in range(kernel) if (a + t - pad) % 2 == 0)
@@ -491,8 +497,8 @@ def _phase_taps(kernel: int) -> tuple[tuple[tuple[int, ...], int], tuple[tuple[i
 
 
 def _as_product(pixels: int, contraction: int) -> bool:
-    """Whether a convolution with `pixels` output pixels per image (per phase for
-    `ConvTranspose2x`) and kh * kw * C_in = `contraction` is evaluated as one matrix
+    """Whether a convolution with `pixels` output pixels per image and
+    kh * kw * C_in = `contraction` is evaluated as one matrix
     product over image patches (see `_conv`): maps of at most 4 x 4 pixels, and maps of at
     most 8 x 8 pixels with a contraction of at least 4096 (measured on XLA's CPU backend)."""
     return pixels <= 16 or (pixels <= 64 and contraction >= 4096)
@@ -517,9 +523,8 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple) ->
     """2-D convolution (cross-correlation) of NHWC `x` with an HWIO `kernel`, float32.
 
     The same result (to float32 rounding) as ``lax.conv_general_dilated(x, kernel, (stride,
-    stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``. Maps with at most
-    `_DOT_MAX_PIXELS` output pixels per image (the inner U-Net and discriminator layers,
-    where the channel counts are large) are evaluated as one matrix product of the image
+    stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``. Small maps (the inner
+    U-Net and discriminator layers, where the channel counts are large) are evaluated as one matrix product of the image
     patches with the reshaped kernel (`_as_product` decides): XLA's CPU backend runs that
     product and its gradients (two more products) far faster than the gradients of
     ``conv_general_dilated`` on such maps (pix2pix widths, 4 x 4 -> 2 x 2 layer, 512
@@ -584,20 +589,99 @@ class Conv(nnx.Module):
         return y
 
 
+def _tconv_pads(kernel: int) -> tuple[int, int]:
+    """(low, high) zero padding that turns the output gradient of a stride-2 'SAME'
+    transposed convolution into the input of its adjoint, a stride-2 'VALID' convolution
+    with the kernel flipped: gz[m, t] = g[2 m + p - t] = gp[2 m + (k - 1 - t)], with gp the
+    gradient padded by k - 1 - p in front and p - 1 behind (p = `_tconv_lead` (k))."""
+    p = _tconv_lead(kernel)
+    return kernel - 1 - p, p - 1
+
+
+def _overlap_add(z: jax.Array) -> jax.Array:
+    """Overlap-add of per-tap products: (B, H, W, k, k, C) -> (B, 2H, 2W, C), float32.
+
+    out[b, 2 m + p - t, 2 n + p - u, c] = sum of z[b, m, n, t, u, c] over the in-range
+    targets, p = `_tconv_lead` (k): the scatter of a stride-2 'SAME' transposed convolution.
+    Evaluated per output phase (row and column parity) as a sum of shifted slices, then
+    interleaved, so there is no scatter operation.
+    """
+    b, h, w, k, _, c = z.shape
+    phases = _phase_taps(k)
+    lo = max([0] + [-off for taps, off in phases if taps])
+    hi = max([0] + [off + len(taps) - 1 for taps, off in phases if taps])
+    zp = jnp.pad(z, ((0, 0), (lo, hi), (lo, hi), (0, 0), (0, 0), (0, 0)))
+    rows = []
+    for taps_r, off_r in phases:
+        cols = []
+        for taps_c, off_c in phases:
+            terms = [
+                zp[:, lo + off_r + i : lo + off_r + i + h, lo + off_c + j : lo + off_c + j + w, t, u]
+                for i, t in enumerate(taps_r)
+                for j, u in enumerate(taps_c)
+            ]
+            cols.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, h, w, c), z.dtype))
+        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, C)
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c)
+
+
+@jax.custom_vjp
+def _conv_transpose2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-2 'SAME' transposed convolution without kernel flip, float32:
+    (B, H, W, C_in), (k, k, C_in, C_out) -> (B, 2H, 2W, C_out).
+
+    Equals ``lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC",
+    "HWIO", "NHWC"))`` to float32 rounding (the tests compare). Evaluated as one product of
+    every input pixel with every kernel tap, (B H W, C_in) x (C_in, k k C_out), followed by
+    `_overlap_add`: no multiplication by dilation zeros, and one large matrix product where
+    a convolution on a dilated input would run. Reverse-mode differentiation (custom VJP):
+    the input gradient is a stride-2 convolution of the padded output gradient with the
+    flipped kernel, evaluated as image patches times the kernel, and the kernel gradient
+    is the product of the input with the same patches, so the backward pass is two matrix
+    products and one patch extraction. Forward-mode (``jax.jvp``) is not defined.
+    """
+    b, h, w, c_in = x.shape
+    k, c_out = kernel.shape[0], kernel.shape[3]
+    taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
+    z = jnp.dot(x.reshape(b * h * w, c_in), taps).reshape(b, h, w, k, k, c_out)
+    return _overlap_add(z)
+
+
+def _conv_transpose2x_fwd(x, kernel):
+    return _conv_transpose2x(x, kernel), (x, kernel)
+
+
+def _conv_transpose2x_bwd(res, g):
+    x, kernel = res
+    b, h, w, c_in = x.shape
+    k, c_out = kernel.shape[0], kernel.shape[3]
+    lo, hi = _tconv_pads(k)
+    zero = jnp.zeros((), g.dtype)
+    gp = jax.lax.pad(g, zero, ((0, 0, 0), (lo, hi, 0), (lo, hi, 0), (0, 0, 0)))  # hi may be -1: a crop
+    # gz[m, n, (s k + r) C_out + c] = d out / d z[m, n, k-1-s, k-1-r, c]
+    gz = _patches(gp, k, k, 2, h, w).reshape(b * h * w, k * k * c_out)
+    flipped = kernel[::-1, ::-1]  # (s, r, C_in, C_out)
+    gx = jnp.dot(gz, flipped.transpose(0, 1, 3, 2).reshape(k * k * c_out, c_in)).reshape(x.shape)
+    gk = jnp.dot(x.reshape(b * h * w, c_in).T, gz).reshape(c_in, k, k, c_out)
+    return gx, gk.transpose(1, 2, 0, 3)[::-1, ::-1]
+
+
+_conv_transpose2x.defvjp(_conv_transpose2x_fwd, _conv_transpose2x_bwd)
+
+
 class ConvTranspose2x(nnx.Module):
     """Transposed convolution with stride 2 and 'SAME' padding: (B, H, W, C_in) -> (B, 2H, 2W, C_out).
 
     Same parameters (kernel (k, k, C_in, C_out), bias (C_out,)) and the same result as
     ``nnx.ConvTranspose(C_in, C_out, (k, k), strides=2, padding='SAME')``, i.e.
-    ``lax.conv_transpose`` without kernel flip (checked in the tests), but evaluated in
-    sub-pixel form: each of the four output phases (row parity, column parity) is a
-    stride-1 'VALID' convolution of the zero-padded input with a (k/2 x k/2) sub-kernel.
-    This skips the multiplications by the dilation zeros, and XLA's CPU backend runs the
-    gradients of these plain convolutions several times faster than those of
-    ``lax.conv_transpose`` (pix2pix-size training step, batch 16, 2 CPU cores: 1.4 s
-    instead of 3.4 s; see `qdjax.ml.benchmark`). For even k and small inputs (`_as_product`)
-    the four phases are one batched matrix product of image patches with the four
-    sub-kernels (see `_conv`). float32 in, float32 out.
+    ``lax.conv_transpose`` without kernel flip (checked in the tests), evaluated by
+    `_conv_transpose2x`: one matrix product of the input pixels with all kernel taps, then
+    an overlap-add, with a hand-written backward pass of two matrix products. XLA's CPU
+    backend runs the gradients of ``lax.conv_transpose``, and of its sub-pixel form as
+    four stride-1 convolutions, far slower on the U-Net's outer layers (few output
+    channels on large maps): authors' widths, batch 32, 32 x 32 x 32 -> 64 x 64 x 1, value
+    and gradients 34 ms as four convolutions, 2.8 ms this way, on 2 CPU cores; see
+    docs/benchmarks.md. Reverse-mode differentiable only. float32 in, float32 out.
     """
 
     def __init__(
@@ -617,59 +701,10 @@ class ConvTranspose2x(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = jnp.asarray(x).astype(_F32)
-        b, h, w, _ = x.shape
-        k = self.kernel_size
-        pad = -(-k // 2)
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        kern = self.kernel[...]
-        phases = _phase_taps(k)
-        if k % 2 == 0 and _as_product(h * w, (k // 2) ** 2 * self.in_features):
-            y = self._phases_as_one_product(xp, kern, phases, pad, b, h, w)
-        else:
-            rows = []
-            for taps_r, off_r in phases:
-                cols = []
-                for taps_c, off_c in phases:
-                    if not taps_r or not taps_c:
-                        cols.append(jnp.zeros((b, h, w, self.out_features), _F32))
-                        continue
-                    # taps of one phase have one parity: a static strided slice, not a gather
-                    sub = kern[taps_r[0] : taps_r[-1] + 1 : 2, taps_c[0] : taps_c[-1] + 1 : 2]
-                    r0, c0 = pad + off_r, pad + off_c
-                    window = xp[:, r0 : r0 + h + len(taps_r) - 1, c0 : c0 + w + len(taps_c) - 1]
-                    cols.append(
-                        jax.lax.conv_general_dilated(
-                            window, sub, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-                        )
-                    )
-                rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, C)
-            y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, self.out_features)
+        y = _conv_transpose2x(jnp.asarray(x).astype(_F32), self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...]
         return y
-
-    def _phases_as_one_product(self, xp, kern, phases, pad, b, h, w) -> jax.Array:
-        """Even k: phase a uses the taps of parity (a + pad) % 2, k/2 of them. The four
-        sub-kernels are one reshape + transpose of the kernel (so its gradient is one
-        transpose, not four scattered slices) and the four phases one batched product."""
-        k, c_in, c_out = self.kernel_size, self.in_features, self.out_features
-        kh = k // 2
-        # subs[pr, pc, i, j] = kern[2 i + pr, 2 j + pc]
-        subs = kern.reshape(kh, 2, kh, 2, c_in, c_out).transpose(1, 3, 0, 2, 4, 5)
-        parity = [taps[0] % 2 for taps, _ in phases]
-        if parity == [1, 0]:
-            subs = subs[::-1, ::-1]
-        subs = subs.reshape(4, kh * kh * c_in, c_out)
-        patches = jnp.stack([
-            _patches(xp, kh, kh, 1, h, w, pad + off_r, pad + off_c).reshape(b * h * w, kh * kh * c_in)
-            for _, off_r in phases
-            for _, off_c in phases
-        ])  # (4, B H W, kh kh C_in), phase index 2 a_r + a_c
-        y = jax.lax.dot_general(patches, subs, (((2,), (1,)), ((0,), (0,))))  # (4, B H W, C_out)
-        # y[b, 2 m + a_r, 2 n + a_c] = phase (a_r, a_c) at (b, m, n)
-        y = y.reshape(2, 2, b, h, w, c_out).transpose(2, 3, 0, 4, 1, 5)
-        return y.reshape(b, 2 * h, 2 * w, c_out)
 
 
 def _check_nhwc(name: str, x: jax.Array, size: int | None, channels: int) -> None:
