@@ -18,7 +18,7 @@ Thread settings are the same for both sides: `--threads 1` pins the process to o
 (os.sched_setaffinity) and sets OMP/OpenBLAS/MKL threads to 1; `--threads 2` allows both cores.
 Both are set before NumPy, SciPy or JAX are imported.
 
-Extra modes: `--sharding` (batched ED sharded over a jax.sharding mesh of 8 simulated CPU
+Extra modes: `--sharding` (batched ED sharded over jax.sharding meshes of 2 and 8 simulated CPU
 devices, checked against one device) and `--large` (N = 5, 6 and 12-16 orbitals with the
 iterative many-body solver: sizes, times, memory).
 
@@ -222,32 +222,35 @@ def run_paper(args) -> dict:
 
 
 def run_sharding(args) -> dict:
-    """Batched ED sharded over a 1D mesh of all devices vs one device."""
+    """Batched ED sharded over 1D meshes of 2 and of all (8) devices vs one device."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     config = qdjax.EDConfig()
     devices = jax.devices()
-    mesh = Mesh(np.array(devices), ("batch",))
-    out = {"devices": len(devices), "N": {}}
+    sizes = sorted({2, len(devices)})
+    out = {"devices": len(devices), "mesh_sizes": sizes, "N": {}}
     for n in args.electrons:
         rows = {}
         for b in (8, 32, 64):
             V = jnp.asarray(potentials.random_potentials(list(range(b)), config))
             single = jax.device_put(V, devices[0])
-            sharded = jax.device_put(V, NamedSharding(mesh, PartitionSpec("batch")))
             ref = ed.ground_state(single, n, config)
-            got = ed.ground_state(sharded, n, config)
             t1, _ = _median_time(lambda: ed.ground_state(single, n, config).energy, 3)
-            t8, _ = _median_time(lambda: ed.ground_state(sharded, n, config).energy, 3)
-            rows[b] = {
-                "one_device_per_s": b / t1,
-                "sharded_per_s": b / t8,
-                "speedup": t1 / t8,
-                "energy_max_abs_diff_eV": float(np.abs(np.asarray(got.energy) - np.asarray(ref.energy)).max()),
-                "density_max_abs_diff": float(np.abs(np.asarray(got.density) - np.asarray(ref.density)).max()),
-                "output_sharding": str(got.energy.sharding),
-            }
-            print(n, b, rows[b], flush=True)
+            row = {"one_device_per_s": b / t1}
+            for size in sizes:
+                mesh = Mesh(np.array(devices[:size]), ("batch",))
+                sharded = jax.device_put(V, NamedSharding(mesh, PartitionSpec("batch")))
+                got = ed.ground_state(sharded, n, config)
+                t, _ = _median_time(lambda: ed.ground_state(sharded, n, config).energy, 3)
+                row[f"{size}_devices"] = {
+                    "per_s": b / t,
+                    "ratio_to_one_device": t1 / t,
+                    "energy_max_abs_diff_eV": float(np.abs(np.asarray(got.energy) - np.asarray(ref.energy)).max()),
+                    "density_max_abs_diff": float(np.abs(np.asarray(got.density) - np.asarray(ref.density)).max()),
+                    "output_sharding": str(got.energy.sharding),
+                }
+            rows[b] = row
+            print(n, b, row, flush=True)
         out["N"][n] = rows
     return out
 

@@ -371,9 +371,13 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     )
     batch = V.shape[:-2]
     flat_v = V.reshape((-1,) + V.shape[-2:])
-    redo_v = flat_v[bad]
+    # the few instances to redo on one device of V's (a gather from a sharded V comes back
+    # replicated, and a replicated batch would be solved once on every device)
+    device = min(V.sharding.device_set, key=lambda d: d.id)
+    redo_v = jax.device_put(flat_v[bad], device)
     redo, _ = _ground_states_batched(redo_v, ns, config.replace(eigensolver="dense"), with_non_interacting,
                                      _batch_mesh(redo_v))
+    redo = jax.device_get(redo)
 
     def merge(a, r):
         a = a.reshape((-1,) + a.shape[len(batch):])

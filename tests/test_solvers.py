@@ -219,13 +219,34 @@ for n in (2, 4):
     ea, eb, na, nb = (np.asarray(x) for x in (a.energy, b.energy, a.density, b.density))
     assert np.abs(ea - eb).max() < 1e-12
     assert np.abs(na - nb).max() < 1e-12 * nb.max()
+# the dense redo of unconverged instances: right results, the output still sharded, and the
+# redo batch solved on one device (a replicated one would be solved on all 8)
+import warnings
+from qdjax import single_particle
+calls = []
+batched = ed._ground_states_batched
+def recording(V, *args):
+    calls.append(len(V.sharding.device_set))
+    return batched(V, *args)
+ed._ground_states_batched = recording
+single_particle.MAX_ITERATIONS = 2
+jax.clear_caches()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    a = ed.ground_state(sharded[:8], 2, cfg)
+assert any("did not converge" in str(w.message) for w in caught), caught
+assert calls[0] == 8 and calls[1:] == [1], calls
+assert len(a.energy.sharding.device_set) == 8, a.energy.sharding
+b = ed.ground_state(one[:8], 2, cfg.replace(eigensolver="dense"))
+assert np.abs(np.asarray(a.energy) - np.asarray(b.energy)).max() < 1e-12
 print("ok")
 """
 
 
 def test_sharded_batch_equals_one_device(tmp_path):
     # 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts, hence a subprocess): a
-    # batch sharded over a 1D mesh gives the single-device results and stays sharded.
+    # batch sharded over a 1D mesh gives the single-device results and stays sharded, also
+    # when unconverged instances are redone densely.
     import os
     import subprocess
     import sys
