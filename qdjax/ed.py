@@ -37,6 +37,7 @@ jax.grad the check is skipped and the last iterate is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -65,9 +66,13 @@ FOCK_MAX_ITERATIONS = 200
 #: Sternheimer conjugate gradients for many-body derivatives.
 FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
-#: Largest sector (determinants) accepted: the many-body Hamiltonian is assembled as a dense
-#: d x d matrix (8 d^2 bytes in float64: 2 GiB at this limit, per potential in flight).
-FOCK_MAX_DIMENSION = 16384
+#: Largest sector (determinants) whose many-body Hamiltonian is assembled as a dense d x d
+#: matrix (8 d^2 bytes in float64: 2 GiB at this limit, per potential in flight); larger
+#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by LOBPCG only.
+FOCK_ASSEMBLED_MAX = 16384
+#: Largest sector accepted. Matrix-free, H x holds about 4 K^2 d numbers per column at a time
+#: (K = 16: 1 GiB in float64 at this limit).
+FOCK_MAX_DIMENSION = 131072
 
 
 def _iterative_orbitals(config: EDConfig) -> bool:
@@ -113,7 +118,8 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
     """Raise ValueError naming the problem if the inputs of an ED call are invalid.
 
     Checks: config type; N an integer in 1..2 K (and K >= N_up); a sector of at most
-    FOCK_MAX_DIMENSION determinants; V real, of shape
+    FOCK_MAX_DIMENSION determinants, and of at most FOCK_ASSEMBLED_MAX with
+    eigensolver="dense"; V real, of shape
     (..., grid, grid) with non-empty batch axes, finite (when V is concrete); float64
     requested while JAX's 64-bit mode is off.
     """
@@ -127,10 +133,17 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
         )
     dimension = fock.sector_dimension(config.orbitals, int(n_electrons))
     if dimension > FOCK_MAX_DIMENSION:
+        k2 = config.orbitals**2
         raise ValueError(
-            f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants; the many-body "
-            f"Hamiltonian is assembled densely ({8 * dimension**2 / 2**30:.1f} GiB in float64) and sectors above "
-            f"FOCK_MAX_DIMENSION={FOCK_MAX_DIMENSION} are refused: use fewer orbitals"
+            f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants; sectors above "
+            f"FOCK_MAX_DIMENSION={FOCK_MAX_DIMENSION} are refused (the matrix-free H x would hold "
+            f"{4 * 8 * k2 * dimension / 2**30:.1f} GiB per vector in float64): use fewer orbitals"
+        )
+    if dimension > FOCK_ASSEMBLED_MAX and config.eigensolver == "dense":
+        raise ValueError(
+            f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants: the dense solver "
+            f"would assemble a {8 * dimension**2 / 2**30:.1f} GiB matrix (FOCK_ASSEMBLED_MAX={FOCK_ASSEMBLED_MAX}); "
+            "use eigensolver='auto' (matrix-free LOBPCG)"
         )
     shape = np.shape(V)
     if len(shape) < 2 or shape[-2:] != (config.grid, config.grid):
@@ -231,6 +244,22 @@ def _dense_apply(h: jax.Array, x: jax.Array) -> jax.Array:
     return h @ x
 
 
+@dataclasses.dataclass(frozen=True)
+class _SectorApply:
+    """(h1, eri), X -> H X of the (K, N) sector, matrix-free (hashable: a static argument)."""
+
+    orbitals: int
+    n_electrons: int
+
+    def __call__(self, params, x):
+        h1, eri = params
+        return fock.apply_hamiltonian(fock.excitation_lists(self.orbitals, self.n_electrons), h1, eri, x)
+
+
+def _matrix_free(config: EDConfig, n_electrons: int) -> bool:
+    return fock.sector_dimension(config.orbitals, n_electrons) > FOCK_ASSEMBLED_MAX
+
+
 def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig):
     """GroundState of one instance (unbatched integrals) and a convergence flag."""
     energy, gamma, converged = _many_body_state(ints.h1, eri, n_electrons, config)
@@ -241,11 +270,17 @@ def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConf
 def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: EDConfig):
     """Fock-space stage of one instance: (energy, rdm1, converged), averaged over the ground
     manifold."""
+    tol = config.degeneracy_tol
+    if _matrix_free(config, n_electrons):
+        lists = fock.excitation_lists(config.orbitals, n_electrons)
+        diagonal = fock.hamiltonian_diagonal(lists, h1, eri)
+        w, c, converged = _lowest_many_body(_SectorApply(config.orbitals, n_electrons), (h1, eri), diagonal, config)
+        weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
+        return jnp.sum(weights * w), fock.rdm1_from_lists(lists, c, weights), converged
     space = fock.fock_space(config.orbitals, n_electrons)
     h = fock.hamiltonian(space, h1, eri)
-    tol = config.degeneracy_tol
     if _iterative_fock(config, n_electrons):
-        w, c, converged = _lowest_many_body(h, config)
+        w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), config)
     else:
         w, c = linalg.eigh_lowest(h, space.dimension, tol)
         converged = jnp.bool_(True)
@@ -253,16 +288,17 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
     return jnp.sum(weights * w), fock.rdm1(space, c, weights), converged
 
 
-def _lowest_many_body(h: jax.Array, config: EDConfig):
-    """Lowest FOCK_ROOTS states of the dense many-body matrix h (D, D) by LOBPCG."""
-    d = h.shape[-1]
+def _lowest_many_body(apply_h, params, diagonal: jax.Array, config: EDConfig):
+    """Lowest FOCK_ROOTS many-body states by LOBPCG: apply_h(params, X) = H X, diagonal (D,)
+    the diagonal of H (the assembled matrix and `_dense_apply`, or `_SectorApply`)."""
+    d = diagonal.shape[-1]
     block = FOCK_ROOTS + FOCK_GUARD
-    diagonal = jax.lax.stop_gradient(jnp.diagonal(h))
+    diagonal = jax.lax.stop_gradient(diagonal)
     coarse = jnp.argsort(diagonal)[: max(min(FOCK_COARSE, d), block + 1)]
-    x0, pre = linalg.block_jacobi(_dense_apply, h, diagonal, coarse, block)
+    x0, pre = linalg.block_jacobi(apply_h, params, diagonal, coarse, block)
     w, c, res = linalg.lowest_eigenpairs(
-        _dense_apply,
-        h,
+        apply_h,
+        params,
         pre,
         x0,
         FOCK_ROOTS,
@@ -362,6 +398,15 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
         return out
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
     if bad.size == 0:
+        return out
+    if any(_matrix_free(config, n) for n in ns):
+        warnings.warn(
+            f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; a sector "
+            f"above FOCK_ASSEMBLED_MAX={FOCK_ASSEMBLED_MAX} determinants has no dense fallback, so these "
+            "results are returned unconverged",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return out
     warnings.warn(
         f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; "

@@ -169,3 +169,176 @@ def rdm1(space: FockSpace, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
     e_down = jnp.asarray(space.e_down, dtype=vectors.dtype)
     gamma = jnp.einsum("xij,...ij->...x", e_up, m_up) + jnp.einsum("xij,...ij->...x", e_down, m_down)
     return gamma.reshape(gamma.shape[:-1] + (k, k))
+
+
+# ----------------------------------------------------------------------------- matrix-free
+
+
+class ExcitationLists(NamedTuple):
+    """Sparse Slater-Condon tables of one (K, N) sector, for sectors too large for the dense
+    tables of `FockSpace` and the assembled Hamiltonian (see `apply_hamiltonian`).
+
+    orbitals: K.  n_up, n_down: electrons per spin.
+    source_up: int32 (K*K, n_up_strings): for target string I and x = p*K + q, the string J
+      with a+_p a_q |J> = sign |I> (0 where there is none, with sign 0).
+    sign_up: float64 (K*K, n_up_strings), that sign (+-1, or 0).
+    occupation_up: float64 (n_up_strings, K), 1 where the string occupies the orbital.
+    source_down, sign_down, occupation_down: the same for the down strings.
+    """
+
+    orbitals: int
+    n_up: int
+    n_down: int
+    source_up: np.ndarray
+    sign_up: np.ndarray
+    occupation_up: np.ndarray
+    source_down: np.ndarray
+    sign_down: np.ndarray
+    occupation_down: np.ndarray
+
+    @property
+    def dimension(self) -> int:
+        """Number of determinants."""
+        return self.source_up.shape[1] * self.source_down.shape[1]
+
+
+def _string_lists(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source, sign, occupation) of the strings of n electrons in K orbitals (lexicographic)."""
+    strings = list(itertools.combinations(range(orbitals), n))
+    index = {sum(1 << p for p in s): i for i, s in enumerate(strings)}
+    source = np.zeros((orbitals * orbitals, len(strings)), np.int32)
+    sign = np.zeros((orbitals * orbitals, len(strings)))
+    occupation = np.zeros((len(strings), orbitals))
+    for j, occ in enumerate(strings):
+        mask = sum(1 << p for p in occ)
+        occupation[j, list(occ)] = 1.0
+        for q in occ:
+            removed = mask & ~(1 << q)
+            sign_q = (-1) ** bin(mask & ((1 << q) - 1)).count("1")
+            for p in range(orbitals):
+                if removed & (1 << p):
+                    continue
+                sign_p = (-1) ** bin(removed & ((1 << p) - 1)).count("1")
+                i = index[removed | (1 << p)]
+                source[p * orbitals + q, i] = j
+                sign[p * orbitals + q, i] = sign_p * sign_q
+    return source, sign, occupation
+
+
+@functools.lru_cache(maxsize=8)
+def excitation_lists(orbitals: int, n_electrons: int) -> ExcitationLists:
+    """Sparse excitation tables of the ((N + 1) // 2, N // 2) sector, built once per (K, N).
+
+    Memory O(K^2 * strings) instead of the O(K^2 * strings^2) of `fock_space`.
+
+    Args:
+      orbitals: K >= 1 spatial orbitals.
+      n_electrons: 1 <= N <= 2 K.
+
+    Returns:
+      ExcitationLists (host NumPy arrays, read-only).
+    """
+    if not 1 <= n_electrons <= 2 * orbitals:
+        raise ValueError(f"n_electrons must be in 1..{2 * orbitals} for {orbitals} orbitals, got {n_electrons}")
+    n_up, n_down = spin_sector(n_electrons)
+    up = _string_lists(orbitals, n_up)
+    down = _string_lists(orbitals, n_down)
+    for a in up + down:
+        a.flags.writeable = False
+    return ExcitationLists(orbitals, n_up, n_down, *up, *down)
+
+
+def _excite(source: jax.Array, sign: jax.Array, x: jax.Array, axis: int) -> jax.Array:
+    """E^sigma_x applied along `axis` (0: up strings, 1: down strings) of x (n_up, n_down),
+    for every x = p K + q at once: (K*K, n_up, n_down)."""
+    if axis == 0:
+        return sign[:, :, None] * x[source]
+    return sign[:, None, :] * x[:, source].transpose(1, 0, 2)
+
+
+def _de_excite_sum(source: jax.Array, sign: jax.Array, y: jax.Array, axis: int) -> jax.Array:
+    """sum_x E^sigma_x y_x for y (K*K, n_up, n_down): (n_up, n_down)."""
+    if axis == 0:
+        return jnp.sum(sign[:, :, None] * jnp.take_along_axis(y, source[:, :, None], axis=1), axis=0)
+    return jnp.sum(sign[:, None, :] * jnp.take_along_axis(y, source[:, None, :], axis=2), axis=0)
+
+
+def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: ArrayLike) -> jax.Array:
+    """H x without assembling H: the many-body Hamiltonian of the sector times a block of vectors.
+
+    Same H as `hamiltonian` (same determinant order), in the form
+    H x = sum_pq E^up_pq (k_pq x + 1/2 W^up_pq + W^down_pq) + sum_pq E^down_pq (k_pq x + 1/2 W^down_pq),
+    W^sigma_pq = sum_rs (pq|rs) E^sigma_rs x, with the excitations as gathers over `lists`
+    (as in direct CI). Linear in (h1, eri) and in x; differentiable. The columns of x are
+    applied one after another (memory about 4 K^2 d numbers at a time, d determinants).
+
+    Args:
+      lists: tables from `excitation_lists`.
+      h1: (K, K) eV, one-body integrals in the orbital basis.
+      eri: (K, K, K, K) eV, (pq|rs) in chemists' notation.
+      x: (d, m) vectors as columns.
+
+    Returns:
+      (d, m), eV times x.
+    """
+    h1 = jnp.asarray(h1)
+    eri = jnp.asarray(eri)
+    x = jnp.asarray(x)
+    k = lists.orbitals
+    n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
+    k_flat = (h1 - 0.5 * jnp.einsum("prrq->pq", eri)).reshape(k * k)
+    eri_flat = eri.reshape(k * k, k * k)
+    src_up, src_down = jnp.asarray(lists.source_up), jnp.asarray(lists.source_down)
+    sgn_up, sgn_down = (jnp.asarray(s, dtype=x.dtype) for s in (lists.sign_up, lists.sign_down))
+
+    def one(column):
+        c = column.reshape(n_up, n_down)
+        w_up = jnp.tensordot(eri_flat, _excite(src_up, sgn_up, c, 0), axes=1)
+        w_down = jnp.tensordot(eri_flat, _excite(src_down, sgn_down, c, 1), axes=1)
+        kc = k_flat[:, None, None] * c[None]
+        out = _de_excite_sum(src_up, sgn_up, kc + 0.5 * w_up + w_down, 0)
+        out = out + _de_excite_sum(src_down, sgn_down, kc + 0.5 * w_down, 1)
+        return out.reshape(n_up * n_down)
+
+    return jax.lax.map(one, x.T).T
+
+
+def hamiltonian_diagonal(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
+    """Diagonal of the sector Hamiltonian, (d,) eV, by the Slater-Condon rule for a determinant:
+    sum_{p occ} h_pp + 1/2 sum_{p, q occ} [(pp|qq) - delta_spin (pq|qp)]."""
+    h1 = jnp.asarray(h1)
+    eri = jnp.asarray(eri)
+    hd = jnp.diagonal(h1)
+    coulomb = jnp.einsum("ppqq->pq", eri)
+    exchange = jnp.einsum("pqqp->pq", eri)
+    n_a = jnp.asarray(lists.occupation_up, dtype=h1.dtype)
+    n_b = jnp.asarray(lists.occupation_down, dtype=h1.dtype)
+
+    def same_spin(n):
+        return n @ hd + 0.5 * jnp.einsum("ip,pq,iq->i", n, coulomb - exchange, n)
+
+    diag = same_spin(n_a)[:, None] + same_spin(n_b)[None, :] + n_a @ coulomb @ n_b.T
+    return diag.reshape(-1)
+
+
+def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
+    """`rdm1` from the sparse tables: gamma_pq = sum_s w_s <c_s| E_pq |c_s>, (K, K).
+
+    Args:
+      lists: tables from `excitation_lists`.
+      vectors: (d, S) states as columns.
+      weights: (S,) mixture weights.
+    """
+    vectors = jnp.asarray(vectors)
+    k = lists.orbitals
+    n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
+    c = vectors.reshape(n_up, n_down, vectors.shape[-1])
+    m_up = jnp.einsum("s,ibs,jbs->ij", weights, c, c)
+    m_down = jnp.einsum("s,ais,ajs->ij", weights, c, c)
+
+    def spin(m, source, sign):
+        rows = jnp.arange(m.shape[0])[None, :]
+        return jnp.sum(jnp.asarray(sign, dtype=m.dtype) * m[rows, jnp.asarray(source)], axis=1)
+
+    gamma = spin(m_up, lists.source_up, lists.sign_up) + spin(m_down, lists.source_down, lists.sign_down)
+    return gamma.reshape(k, k)

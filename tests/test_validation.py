@@ -79,10 +79,14 @@ def test_traced_input_is_accepted_under_jit():
         jax.jit(lambda v: ed.ground_state(v, 1).energy)(jnp.zeros((8, 8)))
 
 
-def test_sectors_too_large_to_assemble_are_refused_before_any_work():
-    # K = 16, N = 6: C(16,3)^2 = 313 600 determinants, a 730 GiB dense matrix.
+def test_sectors_too_large_are_refused_before_any_work():
+    # K = 16, N = 6: C(16,3)^2 = 313 600 determinants, above FOCK_MAX_DIMENSION even matrix-free.
     config = qdjax.EDConfig(orbitals=16)
     assert qdjax.fock.sector_dimension(16, 6) > ed.FOCK_MAX_DIMENSION
     with pytest.raises(ValueError, match="313600 determinants"):
         ed.ground_state(GOOD, 6, config)
-    ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted
+    ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted, assembled
+    ed.validate(GOOD, 5, config)  # 67 200 determinants: accepted, matrix-free
+    # ... but not for the dense solver, which would assemble a 33.6 GiB matrix
+    with pytest.raises(ValueError, match="67200 determinants.*eigensolver='auto'"):
+        ed.validate(GOOD, 5, config.replace(eigensolver="dense"))
