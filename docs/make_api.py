@@ -50,8 +50,9 @@ def public_members(module):
     members = []
     for name in names:
         obj = getattr(module, name)
-        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) == module.__name__:
-            members.append((name, obj))
+        plain = inspect.unwrap(obj) if callable(obj) else obj  # functools.lru_cache, wraps
+        if (inspect.isfunction(plain) or inspect.isclass(plain)) and getattr(plain, "__module__", None) == module.__name__:
+            members.append((name, plain))
     members.sort(key=lambda m: inspect.getsourcelines(m[1])[1])
     return members
 

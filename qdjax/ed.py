@@ -26,13 +26,16 @@ Solvers (`EDConfig.eigensolver`): "dense" diagonalises everything completely (th
 `FOCK_DENSE_MAX` determinants ("auto") or more than `FOCK_ROOTS + FOCK_GUARD` of them
 ("iterative"), the lowest `FOCK_ROOTS` many-body states by LOBPCG on the assembled matrix
 (qdjax.linalg.lowest_eigenpairs), started from the exact solution among the
-`FOCK_COARSE` determinants of lowest diagonal energy. The ground manifold must then lie
-inside those roots with a gap after them. Convergence: both LOBPCG runs stop when every
-wanted residual is below its tolerance (qdjax.single_particle.RESIDUAL_TOL_EV,
+`FOCK_COARSE` determinants of lowest diagonal energy. Sectors of more than
+`FOCK_ASSEMBLED_MAX` determinants are never assembled: LOBPCG then applies H matrix-free
+(qdjax.fock.apply_hamiltonian), up to `FOCK_MAX_DIMENSION` determinants. The ground
+manifold must lie inside the roots with a gap after them. Convergence: both LOBPCG runs stop
+when every wanted residual is below its tolerance (qdjax.single_particle.RESIDUAL_TOL_EV,
 `FOCK_RESIDUAL_TOL_EV`) or at their iteration limits; an eager call (concrete V) checks this
 and recomputes any instance that did not converge, or whose ground manifold fills all
-`FOCK_ROOTS` roots, with the dense solvers (with a RuntimeWarning); under an outer jax.jit or
-jax.grad the check is skipped and the last iterate is returned.
+`FOCK_ROOTS` roots, with the dense solvers (with a RuntimeWarning; matrix-free sectors have
+no dense fallback and are returned as they are, with a RuntimeWarning); under an outer
+jax.jit or jax.grad the check is skipped and the last iterate is returned.
 """
 
 from __future__ import annotations

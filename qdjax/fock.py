@@ -17,6 +17,12 @@ sign of a+_p a_q on a string is (-1) to the number of occupied orbitals it passe
     H_sigma = sum_pq k_pq E^sigma_pq + 1/2 sum_pqrs (pq|rs) E^sigma_pq E^sigma_rs,
 
 is assembled in traced, differentiable code from the integrals h (K, K) and (pq|rs).
+
+Sectors too large to assemble are handled matrix-free: `excitation_lists` keeps, per spin and
+per (p, q), the one source string of each target string (O(K^2 strings) numbers instead of
+O(K^2 strings^2)), and `apply_hamiltonian` forms H x from gathers over these lists and one
+(K^2, K^2) product with (pq|rs) per spin, as direct CI does; `hamiltonian_diagonal` and
+`rdm1_from_lists` complete what LOBPCG needs.
 """
 
 from __future__ import annotations
