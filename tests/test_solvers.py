@@ -166,7 +166,9 @@ def test_iterative_gradients_equal_dense(random_V, case, n_electrons):
         assert _rel(g_it, g_de) < 1e-7
 
 
-@pytest.mark.parametrize("n_electrons", [2, 3, 4])
+@pytest.mark.parametrize(
+    "n_electrons", [pytest.param(2, marks=pytest.mark.slow), 3, pytest.param(4, marks=pytest.mark.slow)]
+)
 def test_matrix_free_many_body_equals_assembled(random_V, monkeypatch, n_electrons):
     # Reference: the assembled sector Hamiltonian. With FOCK_ASSEMBLED_MAX lowered, these small
     # sectors take the matrix-free path that sectors above 16 384 determinants take: energies,
