@@ -73,10 +73,12 @@ def sector_dimension(orbitals: int, n_electrons: int) -> int:
     return math.comb(orbitals, n_up) * math.comb(orbitals, n_down)
 
 
-def _excitation_table(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _excitations(orbitals: int, n: int):
+    """The strings of n electrons in K orbitals (lexicographic) and every nonzero
+    <I| a+_p a_q |J> = sign between them, as (strings, [(p K + q, I, J, sign), ...])."""
     strings = list(itertools.combinations(range(orbitals), n))
-    masks = {sum(1 << p for p in s): i for i, s in enumerate(strings)}
-    table = np.zeros((orbitals * orbitals, len(strings), len(strings)))
+    index = {sum(1 << p for p in s): i for i, s in enumerate(strings)}
+    entries = []
     for j, occ in enumerate(strings):
         mask = sum(1 << p for p in occ)
         for q in occ:
@@ -86,9 +88,23 @@ def _excitation_table(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray]:
                 if removed & (1 << p):
                     continue
                 sign_p = (-1) ** bin(removed & ((1 << p) - 1)).count("1")
-                i = masks[removed | (1 << p)]
-                table[p * orbitals + q, i, j] = sign_p * sign_q
+                entries.append((p * orbitals + q, index[removed | (1 << p)], j, sign_p * sign_q))
+    return strings, entries
+
+
+def _excitation_table(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    strings, entries = _excitations(orbitals, n)
+    table = np.zeros((orbitals * orbitals, len(strings), len(strings)))
+    for x, i, j, sign in entries:
+        table[x, i, j] = sign
     return np.array(strings, dtype=np.int32).reshape(len(strings), n), table
+
+
+def _sector(orbitals: int, n_electrons: int) -> tuple[int, int]:
+    """(N_up, N_down), after checking 1 <= N <= 2 K."""
+    if not 1 <= n_electrons <= 2 * orbitals:
+        raise ValueError(f"n_electrons must be in 1..{2 * orbitals} for {orbitals} orbitals, got {n_electrons}")
+    return spin_sector(n_electrons)
 
 
 @functools.lru_cache(maxsize=32)
@@ -102,9 +118,7 @@ def fock_space(orbitals: int, n_electrons: int) -> FockSpace:
     Returns:
       FockSpace (host NumPy arrays, read-only).
     """
-    if not 1 <= n_electrons <= 2 * orbitals:
-        raise ValueError(f"n_electrons must be in 1..{2 * orbitals} for {orbitals} orbitals, got {n_electrons}")
-    n_up, n_down = spin_sector(n_electrons)
+    n_up, n_down = _sector(orbitals, n_electrons)
     strings_up, e_up = _excitation_table(orbitals, n_up)
     strings_down, e_down = _excitation_table(orbitals, n_down)
     for a in (strings_up, e_up, strings_down, e_down):
@@ -210,24 +224,15 @@ class ExcitationLists(NamedTuple):
 
 def _string_lists(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source, sign, occupation) of the strings of n electrons in K orbitals (lexicographic)."""
-    strings = list(itertools.combinations(range(orbitals), n))
-    index = {sum(1 << p for p in s): i for i, s in enumerate(strings)}
+    strings, entries = _excitations(orbitals, n)
     source = np.zeros((orbitals * orbitals, len(strings)), np.int32)
     sign = np.zeros((orbitals * orbitals, len(strings)))
     occupation = np.zeros((len(strings), orbitals))
     for j, occ in enumerate(strings):
-        mask = sum(1 << p for p in occ)
         occupation[j, list(occ)] = 1.0
-        for q in occ:
-            removed = mask & ~(1 << q)
-            sign_q = (-1) ** bin(mask & ((1 << q) - 1)).count("1")
-            for p in range(orbitals):
-                if removed & (1 << p):
-                    continue
-                sign_p = (-1) ** bin(removed & ((1 << p) - 1)).count("1")
-                i = index[removed | (1 << p)]
-                source[p * orbitals + q, i] = j
-                sign[p * orbitals + q, i] = sign_p * sign_q
+    for x, i, j, value in entries:
+        source[x, i] = j
+        sign[x, i] = value
     return source, sign, occupation
 
 
@@ -244,9 +249,7 @@ def excitation_lists(orbitals: int, n_electrons: int) -> ExcitationLists:
     Returns:
       ExcitationLists (host NumPy arrays, read-only).
     """
-    if not 1 <= n_electrons <= 2 * orbitals:
-        raise ValueError(f"n_electrons must be in 1..{2 * orbitals} for {orbitals} orbitals, got {n_electrons}")
-    n_up, n_down = spin_sector(n_electrons)
+    n_up, n_down = _sector(orbitals, n_electrons)
     up = _string_lists(orbitals, n_up)
     down = _string_lists(orbitals, n_down)
     for a in up + down:
