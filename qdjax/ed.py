@@ -278,17 +278,18 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
         lists = fock.excitation_lists(config.orbitals, n_electrons)
         diagonal = fock.hamiltonian_diagonal(lists, h1, eri)
         w, c, converged = _lowest_many_body(_SectorApply(config.orbitals, n_electrons), (h1, eri), diagonal, config)
-        weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
-        return jnp.sum(weights * w), fock.rdm1_from_lists(lists, c, weights), converged
-    space = fock.fock_space(config.orbitals, n_electrons)
-    h = fock.hamiltonian(space, h1, eri)
-    if _iterative_fock(config, n_electrons):
-        w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), config)
+        rdm1 = functools.partial(fock.rdm1_from_lists, lists)
     else:
-        w, c = linalg.eigh_lowest(h, space.dimension, tol)
-        converged = jnp.bool_(True)
+        space = fock.fock_space(config.orbitals, n_electrons)
+        h = fock.hamiltonian(space, h1, eri)
+        if _iterative_fock(config, n_electrons):
+            w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), config)
+        else:
+            w, c = linalg.eigh_lowest(h, space.dimension, tol)
+            converged = jnp.bool_(True)
+        rdm1 = functools.partial(fock.rdm1, space)
     weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
-    return jnp.sum(weights * w), fock.rdm1(space, c, weights), converged
+    return jnp.sum(weights * w), rdm1(c, weights), converged
 
 
 def _lowest_many_body(apply_h, params, diagonal: jax.Array, config: EDConfig):
