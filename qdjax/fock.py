@@ -126,6 +126,19 @@ def fock_space(orbitals: int, n_electrons: int) -> FockSpace:
     return FockSpace(orbitals, n_up, n_down, strings_up, strings_down, e_up, e_down)
 
 
+def _one_body_k(h1: jax.Array, eri: jax.Array) -> jax.Array:
+    """k_pq = h_pq - 1/2 sum_r (pr|rq), (..., K, K): the one-body part of H in E_pq form."""
+    return h1 - 0.5 * jnp.einsum("...prrq->...pq", eri)
+
+
+def _spin_blocks(c: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """sum_s w_s c_s c_s^T traced over the other spin, for c (..., n_up, n_down, S): the
+    (..., n_up, n_up) and (..., n_down, n_down) blocks from which the 1-RDM follows."""
+    m_up = jnp.einsum("...s,...ibs,...jbs->...ij", weights, c, c)
+    m_down = jnp.einsum("...s,...ais,...ajs->...ij", weights, c, c)
+    return m_up, m_down
+
+
 def _same_spin_block(e: jax.Array, k_flat: jax.Array, eri_flat: jax.Array) -> jax.Array:
     one_body = jnp.einsum("...x,xab->...ab", k_flat, e)
     m = jnp.einsum("...xy,yab->...xab", eri_flat, e)  # sum_rs (pq|rs) E_rs for each pq
@@ -149,7 +162,7 @@ def hamiltonian(space: FockSpace, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     e_up = jnp.asarray(space.e_up, dtype=h1.dtype)
     e_down = jnp.asarray(space.e_down, dtype=h1.dtype)
     n_up, n_down = e_up.shape[-1], e_down.shape[-1]
-    k_mat = h1 - 0.5 * jnp.einsum("...prrq->...pq", eri)
+    k_mat = _one_body_k(h1, eri)
     k_flat = k_mat.reshape(k_mat.shape[:-2] + (k * k,))
     eri_flat = eri.reshape(eri.shape[:-4] + (k * k, k * k))
     h_up = _same_spin_block(e_up, k_flat, eri_flat)
@@ -183,8 +196,7 @@ def rdm1(space: FockSpace, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
     k = space.orbitals
     n_up, n_down = len(space.strings_up), len(space.strings_down)
     c = vectors.reshape(vectors.shape[:-2] + (n_up, n_down, vectors.shape[-1]))
-    m_up = jnp.einsum("...s,...ibs,...jbs->...ij", weights, c, c)
-    m_down = jnp.einsum("...s,...ais,...ajs->...ij", weights, c, c)
+    m_up, m_down = _spin_blocks(c, weights)
     e_up = jnp.asarray(space.e_up, dtype=vectors.dtype)
     e_down = jnp.asarray(space.e_down, dtype=vectors.dtype)
     gamma = jnp.einsum("xij,...ij->...x", e_up, m_up) + jnp.einsum("xij,...ij->...x", e_down, m_down)
@@ -295,7 +307,7 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
     x = jnp.asarray(x)
     k = lists.orbitals
     n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
-    k_flat = (h1 - 0.5 * jnp.einsum("prrq->pq", eri)).reshape(k * k)
+    k_flat = _one_body_k(h1, eri).reshape(k * k)
     eri_flat = eri.reshape(k * k, k * k)
     src_up, src_down = jnp.asarray(lists.source_up), jnp.asarray(lists.source_down)
     sgn_up, sgn_down = (jnp.asarray(s, dtype=x.dtype) for s in (lists.sign_up, lists.sign_down))
@@ -314,7 +326,16 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
 
 def hamiltonian_diagonal(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     """Diagonal of the sector Hamiltonian, (d,) eV, by the Slater-Condon rule for a determinant:
-    sum_{p occ} h_pp + 1/2 sum_{p, q occ} [(pp|qq) - delta_spin (pq|qp)]."""
+    sum_{p occ} h_pp + 1/2 sum_{p, q occ} [(pp|qq) - delta_spin (pq|qp)].
+
+    Args:
+      lists: tables from `excitation_lists`.
+      h1: (K, K) eV, one-body integrals in the orbital basis.
+      eri: (K, K, K, K) eV, (pq|rs) in chemists' notation.
+
+    Returns:
+      (d,) eV, in the determinant order of `apply_hamiltonian`.
+    """
     h1 = jnp.asarray(h1)
     eri = jnp.asarray(eri)
     hd = jnp.diagonal(h1)
@@ -337,13 +358,14 @@ def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLi
       lists: tables from `excitation_lists`.
       vectors: (d, S) states as columns.
       weights: (S,) mixture weights.
+
+    Returns:
+      (K, K), symmetric, trace = N * sum(weights).
     """
     vectors = jnp.asarray(vectors)
     k = lists.orbitals
     n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
-    c = vectors.reshape(n_up, n_down, vectors.shape[-1])
-    m_up = jnp.einsum("s,ibs,jbs->ij", weights, c, c)
-    m_down = jnp.einsum("s,ais,ajs->ij", weights, c, c)
+    m_up, m_down = _spin_blocks(vectors.reshape(n_up, n_down, vectors.shape[-1]), weights)
 
     def spin(m, source, sign):
         rows = jnp.arange(m.shape[0])[None, :]

@@ -504,15 +504,15 @@ def _as_product(pixels: int, contraction: int) -> bool:
     return pixels <= 16 or (pixels <= 64 and contraction >= 4096)
 
 
-def _patches(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int, r0: int = 0, c0: int = 0) -> jax.Array:
+def _patches(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax.Array:
     """Image patches of a padded NHWC array: (B, ho, wo, kh * kw * C), taps in HWI order.
 
-    Entry [b, m, n, (i * kw + j) * C + c] = xp[b, r0 + stride m + i, c0 + stride n + j, c]: the
+    Entry [b, m, n, (i * kw + j) * C + c] = xp[b, stride m + i, stride n + j, c]: the
     rows of the im2col matrix whose product with an HWIO kernel reshaped to (kh kw C, C_out)
     is the 'VALID' convolution. Static strided slices and one concatenation, no gather.
     """
     cols = [
-        xp[:, r0 + i : r0 + i + stride * (ho - 1) + 1 : stride, c0 + j : c0 + j + stride * (wo - 1) + 1 : stride]
+        xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
         for i in range(kh)
         for j in range(kw)
     ]
