@@ -519,6 +519,7 @@ def _patches(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> 
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple) -> jax.Array:
     """2-D convolution (cross-correlation) of NHWC `x` with an HWIO `kernel`, float32.
 
@@ -529,7 +530,10 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple) ->
     product and its gradients (two more products) far faster than the gradients of
     ``conv_general_dilated`` on such maps (pix2pix widths, 4 x 4 -> 2 x 2 layer, 512
     channels, batch 8: ~15 ms instead of ~300 ms for value and gradients on 2 cores; see
-    `benchmarks/bench_train.py`). Larger maps keep ``conv_general_dilated``.
+    `benchmarks/bench_train.py`). Larger maps keep ``conv_general_dilated``. Jitted (static
+    `stride`, `padding`), so that an eager call of a model compiles one program per layer
+    shape instead of one per slice of the patch extraction; inside a jitted caller it is
+    inlined.
 
     Args:
       x: (B, H, W, C_in) float32.
@@ -667,6 +671,8 @@ def _conv_transpose2x_bwd(res, g):
 
 
 _conv_transpose2x.defvjp(_conv_transpose2x_fwd, _conv_transpose2x_bwd)
+#: `_conv_transpose2x` jitted: one program per layer shape in eager calls (see `_conv`).
+_conv_transpose2x_jit = jax.jit(_conv_transpose2x)
 
 
 class ConvTranspose2x(nnx.Module):
@@ -701,7 +707,7 @@ class ConvTranspose2x(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _conv_transpose2x(jnp.asarray(x).astype(_F32), self.kernel[...])
+        y = _conv_transpose2x_jit(jnp.asarray(x).astype(_F32), self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...]
         return y
