@@ -36,8 +36,8 @@ Conventions fixed here (the paper leaves them open):
 With the paper's parameters the 80% rule is inactive in practice: over seeds 0..9999 the
 coverage has mean 0.30, 99th percentile 0.46 and maximum 0.54.
 
-Measured speed (2-core CPU, paper parameters, 64 x 64): 1000 maps in 0.5-0.8 s, see
-`random_potentials`.
+Measured speed (2-core CPU, paper parameters, 64 x 64): 1000 maps in 0.5-0.8 s
+(benchmarks/bench_potentials.py).
 """
 
 from __future__ import annotations
@@ -301,8 +301,7 @@ def random_potentials(
     Each map is generated independently from its own seed, so a data set can be grown or
     split without changing existing maps. Rasterisation and well placement are vectorised
     with NumPy; measured on a 2-core CPU, 1000 paper-size maps (64 x 64) take 0.5-0.8 s
-    (``python -c "import time, qdjax.potentials as p; t=time.perf_counter();
-    p.random_potentials(range(1000)); print(time.perf_counter()-t)"``).
+    (``python benchmarks/bench_potentials.py``, docs/benchmarks.md).
 
     Args:
       seeds: sequence of non-negative integers or jax.random keys, a 1-D integer array, a

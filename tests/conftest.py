@@ -1,10 +1,16 @@
 """Shared fixtures. Importing qdjax turns on JAX's float64 mode for the physics tests."""
 
-import numpy as np
-import pytest
+import os
 
-import qdjax
-from qdjax import potentials
+# The suite runs in two worker processes (pytest-xdist, pyproject.toml): on a GPU each would
+# otherwise reserve most of the card's memory before the other starts.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import qdjax  # noqa: E402
+from qdjax import potentials  # noqa: E402
 
 
 @pytest.fixture(scope="session")
