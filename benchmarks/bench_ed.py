@@ -276,6 +276,12 @@ def run_large(args) -> dict:
             row = {"orbitals": k, "N": n, "dimension": d, "matrix_free": matrix_free, "first_call_s": first,
                    "per_instance_s": med / len(Vj), "energy_eV": [float(e) for e in gs.energy],
                    "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            # the peer's FCI (PySCF direct_spin1, 2 roots or more) on qdjax's integrals of potential 0
+            ints = ed.integrals(Vj[0], config)
+            t0 = time.perf_counter()
+            e_peer, _ = peer_ed.fci(np.asarray(ints.h1), np.asarray(ints.eri), n)
+            row["peer_fci_s"] = time.perf_counter() - t0
+            row["peer_energy_diff_eV"] = abs(e_peer - float(gs.energy[0]))
         except Exception as err:  # report what does not fit
             row = {"orbitals": k, "N": n, "dimension": d, "error": f"{type(err).__name__}: {err}"[:300]}
         print(row, flush=True)

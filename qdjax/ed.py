@@ -70,9 +70,12 @@ FOCK_MAX_ITERATIONS = 200
 FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
 #: Largest sector (determinants) whose many-body Hamiltonian is assembled as a dense d x d
-#: matrix (8 d^2 bytes in float64: 2 GiB at this limit, per potential in flight); larger
-#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by LOBPCG only.
-FOCK_ASSEMBLED_MAX = 16384
+#: matrix (8 d^2 bytes in float64: 0.5 GiB at this limit, per potential in flight); larger
+#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by LOBPCG only. Measured on 2
+#: CPU cores: at 4 356 determinants (K = 12, N = 4) assembling is faster (0.38 against 0.56 s
+#: per potential), at 14 400-14 520 (K = 16, N = 4; K = 12, N = 5) matrix-free is (3.0 against
+#: 3.9 s, 2.5 against 3.2 s) and holds 0.7 instead of 4.7-5.4 GiB (docs/benchmarks.md).
+FOCK_ASSEMBLED_MAX = 8192
 #: Largest sector accepted. Matrix-free, H x holds about 4 K^2 d numbers per column at a time
 #: (K = 16: 1 GiB in float64 at this limit).
 FOCK_MAX_DIMENSION = 131072

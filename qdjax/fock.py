@@ -19,10 +19,10 @@ sign of a+_p a_q on a string is (-1) to the number of occupied orbitals it passe
 is assembled in traced, differentiable code from the integrals h (K, K) and (pq|rs).
 
 Sectors too large to assemble are handled matrix-free: `excitation_lists` keeps, per spin and
-per (p, q), the one source string of each target string (O(K^2 strings) numbers instead of
-O(K^2 strings^2)), and `apply_hamiltonian` forms H x from gathers over these lists and one
-(K^2, K^2) product with (pq|rs) per spin, as direct CI does; `hamiltonian_diagonal` and
-`rdm1_from_lists` complete what LOBPCG needs.
+per target string, the n (K - n + 1) excitations a+_p a_q |J> = sign |I> that reach it
+(O(K N strings) numbers instead of O(K^2 strings^2)), and `apply_hamiltonian` forms H x from
+gathers over these lists and, per string, one product with the columns of (pq|rs) they name,
+as direct CI does; `hamiltonian_diagonal` and `rdm1_from_lists` complete what LOBPCG needs.
 """
 
 from __future__ import annotations
@@ -210,20 +210,26 @@ class ExcitationLists(NamedTuple):
     """Sparse Slater-Condon tables of one (K, N) sector, for sectors too large for the dense
     tables of `FockSpace` and the assembled Hamiltonian (see `apply_hamiltonian`).
 
+    Every target string I is reached by L = n (K - n + 1) excitations a+_p a_q |J> = sign |I>
+    (p = q for each of the n occupied orbitals, and p occupied in I, q empty in I otherwise),
+    listed per target string:
+
     orbitals: K.  n_up, n_down: electrons per spin.
-    source_up: int32 (K*K, n_up_strings): for target string I and x = p*K + q, the string J
-      with a+_p a_q |J> = sign |I> (0 where there is none, with sign 0).
-    sign_up: float64 (K*K, n_up_strings), that sign (+-1, or 0).
+    link_up: int32 (n_up_strings, L_up), x = p*K + q of each excitation into string I.
+    source_up: int32 (n_up_strings, L_up), its source string J.
+    sign_up: float64 (n_up_strings, L_up), its sign (+-1).
     occupation_up: float64 (n_up_strings, K), 1 where the string occupies the orbital.
-    source_down, sign_down, occupation_down: the same for the down strings.
+    link_down, source_down, sign_down, occupation_down: the same for the down strings.
     """
 
     orbitals: int
     n_up: int
     n_down: int
+    link_up: np.ndarray
     source_up: np.ndarray
     sign_up: np.ndarray
     occupation_up: np.ndarray
+    link_down: np.ndarray
     source_down: np.ndarray
     sign_down: np.ndarray
     occupation_down: np.ndarray
@@ -231,28 +237,34 @@ class ExcitationLists(NamedTuple):
     @property
     def dimension(self) -> int:
         """Number of determinants."""
-        return self.source_up.shape[1] * self.source_down.shape[1]
+        return self.occupation_up.shape[0] * self.occupation_down.shape[0]
 
 
-def _string_lists(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(source, sign, occupation) of the strings of n electrons in K orbitals (lexicographic)."""
+def _string_lists(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(link, source, sign, occupation) of the strings of n electrons in K orbitals
+    (lexicographic), the excitations of each target string in the order `_excitations` gives."""
     strings, entries = _excitations(orbitals, n)
-    source = np.zeros((orbitals * orbitals, len(strings)), np.int32)
-    sign = np.zeros((orbitals * orbitals, len(strings)))
+    per_target = n * (orbitals - n + 1)
+    link = np.zeros((len(strings), per_target), np.int32)
+    source = np.zeros((len(strings), per_target), np.int32)
+    sign = np.zeros((len(strings), per_target))
+    filled = np.zeros(len(strings), np.int64)
     occupation = np.zeros((len(strings), orbitals))
     for j, occ in enumerate(strings):
         occupation[j, list(occ)] = 1.0
     for x, i, j, value in entries:
-        source[x, i] = j
-        sign[x, i] = value
-    return source, sign, occupation
+        link[i, filled[i]], source[i, filled[i]], sign[i, filled[i]] = x, j, value
+        filled[i] += 1
+    if np.any(filled != per_target):
+        raise AssertionError(f"internal: excitations per string {sorted(set(filled))} != {per_target}")
+    return link, source, sign, occupation
 
 
 @functools.lru_cache(maxsize=8)
 def excitation_lists(orbitals: int, n_electrons: int) -> ExcitationLists:
     """Sparse excitation tables of the ((N + 1) // 2, N // 2) sector, built once per (K, N).
 
-    Memory O(K^2 * strings) instead of the O(K^2 * strings^2) of `fock_space`.
+    Memory O(K N strings) instead of the O(K^2 * strings^2) of `fock_space`.
 
     Args:
       orbitals: K >= 1 spatial orbitals.
@@ -269,29 +281,47 @@ def excitation_lists(orbitals: int, n_electrons: int) -> ExcitationLists:
     return ExcitationLists(orbitals, n_up, n_down, *up, *down)
 
 
-def _excite(source: jax.Array, sign: jax.Array, x: jax.Array, axis: int) -> jax.Array:
-    """E^sigma_x applied along `axis` (0: up strings, 1: down strings) of x (n_up, n_down),
-    for every x = p K + q at once: (K*K, n_up, n_down)."""
-    if axis == 0:
-        return sign[:, :, None] * x[source]
-    return sign[:, None, :] * x[:, source].transpose(1, 0, 2)
+class _Links(NamedTuple):
+    """One spin's lists as device arrays: link, source (int32) and sign (x's dtype), (n_strings, L)."""
+
+    link: jax.Array
+    source: jax.Array
+    sign: jax.Array
 
 
-def _de_excite_sum(source: jax.Array, sign: jax.Array, y: jax.Array, axis: int) -> jax.Array:
-    """sum_x E^sigma_x y_x for y (K*K, n_up, n_down): (n_up, n_down)."""
-    if axis == 0:
-        return jnp.sum(sign[:, :, None] * jnp.take_along_axis(y, source[:, :, None], axis=1), axis=0)
-    return jnp.sum(sign[:, None, :] * jnp.take_along_axis(y, source[:, None, :], axis=2), axis=0)
+def _links(lists: ExcitationLists, dtype) -> tuple[_Links, _Links]:
+    up = _Links(jnp.asarray(lists.link_up), jnp.asarray(lists.source_up), jnp.asarray(lists.sign_up, dtype))
+    down = _Links(jnp.asarray(lists.link_down), jnp.asarray(lists.source_down), jnp.asarray(lists.sign_down, dtype))
+    return up, down
+
+
+def _excite_rows(links: _Links, c: jax.Array) -> jax.Array:
+    """E^sigma_x c for the excitations of each target string, along the first axis of c
+    (n_strings, m): (n_strings, L, m), [I, l] = sign * c[source]."""
+    return links.sign[:, :, None] * c[links.source]
+
+
+def _two_body(links: _Links, eri_flat: jax.Array, c: jax.Array) -> jax.Array:
+    """sum_rs (pq|rs) E^sigma_rs c for every x = p K + q, with sigma the spin of the first
+    axis of c (n_strings, m): (n_strings, K*K, m), one product per target string."""
+    return jnp.einsum("xil,ilb->ixb", eri_flat[:, links.link], _excite_rows(links, c))
+
+
+def _de_excite_rows(links: _Links, y: jax.Array) -> jax.Array:
+    """sum_x E^sigma_x y_x for y (n_strings, K*K, m), with sigma the spin of the first axis:
+    (n_strings, m), [I] = sum_l sign * y[source, link]."""
+    return jnp.sum(links.sign[:, :, None] * y[links.source, links.link], axis=1)
 
 
 def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: ArrayLike) -> jax.Array:
     """H x without assembling H: the many-body Hamiltonian of the sector times a block of vectors.
 
-    Same H as `hamiltonian` (same determinant order), in the form
-    H x = sum_pq E^up_pq (k_pq x + 1/2 W^up_pq + W^down_pq) + sum_pq E^down_pq (k_pq x + 1/2 W^down_pq),
-    W^sigma_pq = sum_rs (pq|rs) E^sigma_rs x, with the excitations as gathers over `lists`
-    (as in direct CI). Linear in (h1, eri) and in x; differentiable. The columns of x are
-    applied one after another (memory about 4 K^2 d numbers at a time, d determinants).
+    Same H as `hamiltonian` (same determinant order), in the form of direct CI,
+    H x = sum_pq E_pq (k_pq x + 1/2 W_pq),  W_pq = sum_rs (pq|rs) E_rs x,  E = E^up + E^down,
+    with the excitations as gathers over `lists` (only the L excitations that reach each
+    string, no zeros) and W as one (K^2, L) x (L, n_other) product per string and spin.
+    Linear in (h1, eri) and in x; differentiable. The columns of x are applied one after
+    another (memory about 4 K^2 d numbers at a time, d determinants).
 
     Args:
       lists: tables from `excitation_lists`.
@@ -306,19 +336,21 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
     eri = jnp.asarray(eri)
     x = jnp.asarray(x)
     k = lists.orbitals
-    n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
+    n_up, n_down = lists.occupation_up.shape[0], lists.occupation_down.shape[0]
     k_flat = _one_body_k(h1, eri).reshape(k * k)
     eri_flat = eri.reshape(k * k, k * k)
-    src_up, src_down = jnp.asarray(lists.source_up), jnp.asarray(lists.source_down)
-    sgn_up, sgn_down = (jnp.asarray(s, dtype=x.dtype) for s in (lists.sign_up, lists.sign_down))
+    up, down = _links(lists, x.dtype)
+
+    def one_body(links, c):
+        return jnp.einsum("il,ilb->ib", k_flat[links.link], _excite_rows(links, c))
 
     def one(column):
         c = column.reshape(n_up, n_down)
-        w_up = jnp.tensordot(eri_flat, _excite(src_up, sgn_up, c, 0), axes=1)
-        w_down = jnp.tensordot(eri_flat, _excite(src_down, sgn_down, c, 1), axes=1)
-        kc = k_flat[:, None, None] * c[None]
-        out = _de_excite_sum(src_up, sgn_up, kc + 0.5 * w_up + w_down, 0)
-        out = out + _de_excite_sum(src_down, sgn_down, kc + 0.5 * w_down, 1)
+        w_up = _two_body(up, eri_flat, c)  # (n_up, K*K, n_down)
+        w_down = _two_body(down, eri_flat, c.T)  # (n_down, K*K, n_up)
+        w = 0.5 * (w_up + w_down.transpose(2, 1, 0))
+        out = one_body(up, c) + one_body(down, c.T).T
+        out = out + _de_excite_rows(up, w) + _de_excite_rows(down, w.transpose(2, 1, 0)).T
         return out.reshape(n_up * n_down)
 
     return jax.lax.map(one, x.T).T
@@ -364,12 +396,10 @@ def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLi
     """
     vectors = jnp.asarray(vectors)
     k = lists.orbitals
-    n_up, n_down = lists.source_up.shape[1], lists.source_down.shape[1]
+    n_up, n_down = lists.occupation_up.shape[0], lists.occupation_down.shape[0]
     m_up, m_down = _spin_blocks(vectors.reshape(n_up, n_down, vectors.shape[-1]), weights)
-
-    def spin(m, source, sign):
-        rows = jnp.arange(m.shape[0])[None, :]
-        return jnp.sum(jnp.asarray(sign, dtype=m.dtype) * m[rows, jnp.asarray(source)], axis=1)
-
-    gamma = spin(m_up, lists.source_up, lists.sign_up) + spin(m_down, lists.source_down, lists.sign_down)
+    gamma = jnp.zeros(k * k, m_up.dtype)
+    for m, links in zip((m_up, m_down), _links(lists, m_up.dtype)):
+        rows = jnp.arange(m.shape[0])[:, None]
+        gamma = gamma.at[links.link].add(links.sign * m[rows, links.source])
     return gamma.reshape(k, k)

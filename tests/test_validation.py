@@ -85,7 +85,7 @@ def test_sectors_too_large_are_refused_before_any_work():
     assert qdjax.fock.sector_dimension(16, 6) > ed.FOCK_MAX_DIMENSION
     with pytest.raises(ValueError, match="313600 determinants"):
         ed.ground_state(GOOD, 6, config)
-    ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted, assembled
+    ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted, matrix-free
     ed.validate(GOOD, 5, config)  # 67 200 determinants: accepted, matrix-free
     # ... but not for the dense solver, which would assemble a 33.6 GiB matrix
     with pytest.raises(ValueError, match="67200 determinants.*eigensolver='auto'"):
