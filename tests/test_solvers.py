@@ -171,8 +171,8 @@ def test_iterative_gradients_equal_dense(random_V, case, n_electrons):
 )
 def test_matrix_free_many_body_equals_assembled(random_V, monkeypatch, n_electrons):
     # Reference: the assembled sector Hamiltonian. With FOCK_ASSEMBLED_MAX lowered, these small
-    # sectors take the matrix-free path that sectors above FOCK_ASSEMBLED_MAX determinants take: energies,
-    # densities and gradients (through the Sternheimer derivative of lowest_eigenpairs) agree.
+    # sectors take the matrix-free path of the sectors above it: energies, densities and
+    # gradients (through the Sternheimer derivative of lowest_eigenpairs) agree.
     base = qdjax.EDConfig(basis=16, orbitals=6)
     V = jnp.asarray(random_V[:2])
     weights = jnp.asarray(np.random.default_rng(5).normal(size=V.shape[1:]))
