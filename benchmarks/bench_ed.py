@@ -265,7 +265,7 @@ def run_large(args) -> dict:
         config = qdjax.EDConfig(orbitals=k)
         d = fock.sector_dimension(k, n)
         # matrix-free sectors take minutes per potential: one potential, one timed call
-        matrix_free = d > ed.FOCK_ASSEMBLED_MAX
+        matrix_free = ed._matrix_free(config, n)
         Vj = jnp.asarray(V[:1] if matrix_free else V)
         try:
             t0 = time.perf_counter()

@@ -301,10 +301,13 @@ def _excite_rows(links: _Links, c: jax.Array) -> jax.Array:
     return links.sign[:, :, None] * c[links.source]
 
 
-def _two_body(links: _Links, eri_flat: jax.Array, c: jax.Array) -> jax.Array:
-    """sum_rs (pq|rs) E^sigma_rs c for every x = p K + q, with sigma the spin of the first
-    axis of c (n_strings, m): (n_strings, K*K, m), one product per target string."""
-    return jnp.einsum("xil,ilb->ixb", eri_flat[:, links.link], _excite_rows(links, c))
+def _excited_products(links: _Links, k_flat: jax.Array, eri_flat: jax.Array, c: jax.Array):
+    """The one-body part sum_x k_x E^sigma_x c, (n_strings, m), and W^sigma = sum_rs (pq|rs)
+    E^sigma_rs c for every x = p K + q, (n_strings, K*K, m), with sigma the spin of the first
+    axis of c (n_strings, m): one gather of the excited rows, one product per target string."""
+    rows = _excite_rows(links, c)
+    one_body = jnp.einsum("il,ilb->ib", k_flat[links.link], rows)
+    return one_body, jnp.einsum("xil,ilb->ixb", eri_flat[:, links.link], rows)
 
 
 def _de_excite_rows(links: _Links, y: jax.Array) -> jax.Array:
@@ -341,16 +344,12 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
     eri_flat = eri.reshape(k * k, k * k)
     up, down = _links(lists, x.dtype)
 
-    def one_body(links, c):
-        return jnp.einsum("il,ilb->ib", k_flat[links.link], _excite_rows(links, c))
-
     def one(column):
         c = column.reshape(n_up, n_down)
-        w_up = _two_body(up, eri_flat, c)  # (n_up, K*K, n_down)
-        w_down = _two_body(down, eri_flat, c.T)  # (n_down, K*K, n_up)
+        one_up, w_up = _excited_products(up, k_flat, eri_flat, c)  # (n_up, n_down), (n_up, K*K, n_down)
+        one_down, w_down = _excited_products(down, k_flat, eri_flat, c.T)  # (n_down, n_up), (n_down, K*K, n_up)
         w = 0.5 * (w_up + w_down.transpose(2, 1, 0))
-        out = one_body(up, c) + one_body(down, c.T).T
-        out = out + _de_excite_rows(up, w) + _de_excite_rows(down, w.transpose(2, 1, 0)).T
+        out = one_up + one_down.T + _de_excite_rows(up, w) + _de_excite_rows(down, w.transpose(2, 1, 0)).T
         return out.reshape(n_up * n_down)
 
     return jax.lax.map(one, x.T).T
