@@ -38,9 +38,9 @@ class EDConfig:
       dtype: ``"float64"`` (default) or ``"float32"`` for the ED arithmetic.
       eigensolver: ``"dense"`` diagonalises the basis^2 x basis^2 single-particle matrix and
         the many-body matrix completely (the reference); ``"iterative"`` finds the lowest
-        orbitals by matrix-free LOBPCG and the lowest many-body states by LOBPCG (sizes too
-        small for it stay dense); ``"auto"`` (default) uses LOBPCG for the orbitals whenever
-        the basis allows it and for many-body spaces above
+        orbitals by matrix-free LOBPCG and the lowest many-body states by block Davidson
+        (sizes too small for it stay dense); ``"auto"`` (default) uses LOBPCG for the
+        orbitals whenever the basis allows it and Davidson for many-body spaces above
         ``qdjax.ed.FOCK_DENSE_MAX`` determinants. All give the same results to ~1e-12 eV
         (docs/benchmarks.md, qdjax.single_particle, qdjax.ed).
     """

@@ -24,12 +24,13 @@ Solvers (`EDConfig.eigensolver`): "dense" diagonalises everything completely (th
 "iterative" and "auto" find the orbitals by matrix-free LOBPCG
 (qdjax.single_particle.solve_iterative) and, for many-body spaces of more than
 `FOCK_DENSE_MAX` determinants ("auto") or more than `FOCK_ROOTS + FOCK_GUARD` of them
-("iterative"), the lowest `FOCK_ROOTS` many-body states by LOBPCG on the assembled matrix
-(qdjax.linalg.lowest_eigenpairs), started from the exact solution among the
-`FOCK_COARSE` determinants of lowest diagonal energy. Sectors of more than
-`FOCK_ASSEMBLED_MAX` determinants are never assembled: LOBPCG then applies H matrix-free
-(qdjax.fock.apply_hamiltonian), up to `FOCK_MAX_DIMENSION` determinants. The ground
-manifold must lie inside the roots with a gap after them. Convergence: both LOBPCG runs stop
+("iterative"), the lowest `FOCK_ROOTS` many-body states by block Davidson on the assembled
+matrix (qdjax.linalg.lowest_eigenpairs), started from and preconditioned by the exact
+solution among the `FOCK_COARSE` determinants of lowest diagonal energy. Sectors of more than
+`FOCK_ASSEMBLED_MAX` determinants are never assembled: Davidson then applies H matrix-free
+(qdjax.fock.apply_hamiltonian), with a coarse block of `FOCK_COARSE_MATRIX_FREE` determinants
+(qdjax.fock.hamiltonian_block), up to `FOCK_MAX_DIMENSION` determinants. The ground
+manifold must lie inside the roots with a gap after them. Convergence: both iterative solvers stop
 when every wanted residual is below its tolerance (qdjax.single_particle.RESIDUAL_TOL_EV,
 `FOCK_RESIDUAL_TOL_EV`) or at their iteration limits; an eager call (concrete V) checks this
 and recomputes any instance that did not converge, or whose ground manifold fills all
@@ -57,21 +58,31 @@ from qdjax.config import EDConfig
 
 #: Many-body spaces up to this many determinants are diagonalised densely by "auto".
 FOCK_DENSE_MAX = 300
-#: Many-body states found by LOBPCG (the ground manifold must have fewer).
+#: Many-body states found by Davidson (the ground manifold must have fewer).
 FOCK_ROOTS = 4
-#: Extra LOBPCG vectors beyond FOCK_ROOTS.
+#: Extra Ritz vectors beyond FOCK_ROOTS (they guard the convergence of the last root).
 FOCK_GUARD = 4
-#: Determinants of lowest diagonal energy in which the many-body start is solved exactly.
+#: Determinants of lowest diagonal energy in which the many-body start is solved exactly
+#: (and the preconditioner inverts H), for assembled and for matrix-free sectors. Their block
+#: of H is read off the matrix or built directly (`fock.hamiltonian_block`), without products
+#: with H. Measured on 2 CPU cores (docs/benchmarks.md): at K = 8, N = 4 a block of 256 costs
+#: more than the iterations it saves (26 -> 32 ms per potential); in the matrix-free sectors
+#: it halves the iterations where 64 needed the most (K = 12, N = 6).
 FOCK_COARSE = 64
-#: Many-body LOBPCG convergence: residual norm of every root below this (eV).
+FOCK_COARSE_MATRIX_FREE = 256
+#: Many-body Davidson convergence: residual norm of every root below this (eV).
 FOCK_RESIDUAL_TOL_EV = {"float64": 1e-10, "float32": 2e-5}
 FOCK_MAX_ITERATIONS = 200
+#: Columns of the Davidson search space (restarted from the FOCK_ROOTS + FOCK_GUARD Ritz
+#: vectors and the previous FOCK_ROOTS when full; at least FOCK_ROOTS + FOCK_GUARD +
+#: 2 FOCK_ROOTS).
+FOCK_MAX_SPACE = 24
 #: Sternheimer conjugate gradients for many-body derivatives.
 FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
 #: Largest sector (determinants) whose many-body Hamiltonian is assembled as a dense d x d
 #: matrix (8 d^2 bytes in float64: 0.5 GiB at this limit, per potential in flight); larger
-#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by LOBPCG only. Measured on 2
+#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by Davidson only. Measured on 2
 #: CPU cores: at 4 356 determinants (K = 12, N = 4) assembling is faster (0.38 against 0.56 s
 #: per potential), at 14 400-14 520 (K = 16, N = 4; K = 12, N = 5) matrix-free is (3.0 against
 #: 3.9 s, 2.5 against 3.2 s) and holds 0.7 instead of 4.7-5.4 GiB (docs/benchmarks.md).
@@ -149,7 +160,7 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
         raise ValueError(
             f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants: the dense solver "
             f"would assemble a {8 * dimension**2 / 2**30:.1f} GiB matrix (FOCK_ASSEMBLED_MAX={FOCK_ASSEMBLED_MAX}); "
-            "use eigensolver='auto' (matrix-free LOBPCG)"
+            "use eigensolver='auto' (matrix-free Davidson)"
         )
     shape = np.shape(V)
     if len(shape) < 2 or shape[-2:] != (config.grid, config.grid):
@@ -250,6 +261,10 @@ def _dense_apply(h: jax.Array, x: jax.Array) -> jax.Array:
     return h @ x
 
 
+def _dense_block(h: jax.Array, indices: jax.Array) -> jax.Array:
+    return h[indices[:, None], indices[None, :]]
+
+
 @dataclasses.dataclass(frozen=True)
 class _SectorApply:
     """(h1, eri), X -> H X of the (K, N) sector, matrix-free (hashable: a static argument)."""
@@ -280,13 +295,16 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
     if _matrix_free(config, n_electrons):
         lists = fock.excitation_lists(config.orbitals, n_electrons)
         diagonal = fock.hamiltonian_diagonal(lists, h1, eri)
-        w, c, converged = _lowest_many_body(_SectorApply(config.orbitals, n_electrons), (h1, eri), diagonal, config)
+        restrict = functools.partial(fock.hamiltonian_block, lists, h1, eri)
+        apply_h = _SectorApply(config.orbitals, n_electrons)
+        w, c, converged = _lowest_many_body(apply_h, (h1, eri), diagonal, restrict, FOCK_COARSE_MATRIX_FREE, config)
         rdm1 = functools.partial(fock.rdm1_from_lists, lists)
     else:
         space = fock.fock_space(config.orbitals, n_electrons)
         h = fock.hamiltonian(space, h1, eri)
         if _iterative_fock(config, n_electrons):
-            w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), config)
+            restrict = functools.partial(_dense_block, h)
+            w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), restrict, FOCK_COARSE, config)
         else:
             w, c = linalg.eigh_lowest(h, space.dimension, tol)
             converged = jnp.bool_(True)
@@ -295,14 +313,15 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
     return jnp.sum(weights * w), rdm1(c, weights), converged
 
 
-def _lowest_many_body(apply_h, params, diagonal: jax.Array, config: EDConfig):
-    """Lowest FOCK_ROOTS many-body states by LOBPCG: apply_h(params, X) = H X, diagonal (D,)
-    the diagonal of H (the assembled matrix and `_dense_apply`, or `_SectorApply`)."""
+def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: int, config: EDConfig):
+    """Lowest FOCK_ROOTS many-body states by Davidson: apply_h(params, X) = H X, diagonal (D,)
+    the diagonal of H (the assembled matrix and `_dense_apply`, or `_SectorApply`),
+    restrict(indices (s,)) -> (s, s) H restricted to those determinants."""
     d = diagonal.shape[-1]
     block = FOCK_ROOTS + FOCK_GUARD
     diagonal = jax.lax.stop_gradient(diagonal)
-    coarse = jnp.argsort(diagonal)[: max(min(FOCK_COARSE, d), block + 1)]
-    x0, pre = linalg.block_jacobi(apply_h, params, diagonal, coarse, block)
+    coarse = jnp.argsort(diagonal)[: max(min(n_coarse, d), block + 1)]
+    x0, pre = linalg.block_jacobi(restrict(coarse), diagonal, coarse, block)
     w, c, res = linalg.lowest_eigenpairs(
         apply_h,
         params,
@@ -311,6 +330,7 @@ def _lowest_many_body(apply_h, params, diagonal: jax.Array, config: EDConfig):
         FOCK_ROOTS,
         FOCK_RESIDUAL_TOL_EV[config.dtype],
         FOCK_MAX_ITERATIONS,
+        FOCK_MAX_SPACE,
         config.degeneracy_tol,
         FOCK_SOLVE_TOL[config.dtype],
         FOCK_SOLVE_MAX_ITERATIONS,

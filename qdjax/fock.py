@@ -22,7 +22,8 @@ Sectors too large to assemble are handled matrix-free: `excitation_lists` keeps,
 per target string, the n (K - n + 1) excitations a+_p a_q |J> = sign |I> that reach it
 (O(K N strings) numbers instead of O(K^2 strings^2)), and `apply_hamiltonian` forms H x from
 gathers over these lists and, per string, one product with the columns of (pq|rs) they name,
-as direct CI does; `hamiltonian_diagonal` and `rdm1_from_lists` complete what LOBPCG needs.
+as direct CI does; `hamiltonian_diagonal`, `hamiltonian_block` (H among a few determinants,
+for the preconditioner) and `rdm1_from_lists` complete what the eigensolver needs.
 """
 
 from __future__ import annotations
@@ -353,6 +354,60 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
         return out.reshape(n_up * n_down)
 
     return jax.lax.map(one, x.T).T
+
+
+def _string_hamiltonian(links: _Links, k_flat: jax.Array, eri_flat: jax.Array) -> jax.Array:
+    """H_sigma = sum_x k_x E_x + 1/2 sum_xy (x|y) E_x E_y over all strings of one spin,
+    (n_strings, n_strings): E_x E_y passes through the sources m of each target string, so
+    every entry is a scatter of sign * sign' * (x|y) over the L x L excitation pairs."""
+    n_strings = links.source.shape[0]
+    rows = jnp.arange(n_strings)[:, None]
+    middle = links.source  # (n_strings, L): the string E_x acts on
+    values = links.sign[:, :, None] * links.sign[middle] * eri_flat[links.link[:, :, None], links.link[middle]]
+    h = jnp.zeros((n_strings, n_strings), k_flat.dtype).at[rows, links.source].add(links.sign * k_flat[links.link])
+    return h.at[rows[:, :, None], links.source[middle]].add(0.5 * values)
+
+
+def _matches(links: _Links, targets: jax.Array, sources: jax.Array) -> jax.Array:
+    """[I, J, l] = sign of excitation l of string targets[I] if its source is sources[J],
+    else 0: (s, s, L), the entries <targets_I| E_x |sources_J> with x = link[targets_I, l]."""
+    hit = links.source[targets][:, None, :] == sources[None, :, None]
+    return jnp.where(hit, links.sign[targets][:, None, :], 0.0)
+
+
+def hamiltonian_block(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, indices: ArrayLike) -> jax.Array:
+    """H restricted to a set of determinants, <I| H |J> for I, J in `indices`, without
+    assembling H or applying it: the same-spin parts from the string Hamiltonians H_up and
+    H_down (dense over the strings of each spin), the opposite-spin part
+    sum_xy (x|y) <I_up| E^up_x |J_up> <I_down| E^down_y |J_down> from the excitations that
+    join the two strings of each spin. Same H and determinant order as `hamiltonian` and
+    `apply_hamiltonian`. Memory O(s^2 L), L = n (K - n + 1) excitations per string.
+
+    Args:
+      lists: tables from `excitation_lists`.
+      h1: (K, K) eV, one-body integrals in the orbital basis.
+      eri: (K, K, K, K) eV, (pq|rs) in chemists' notation.
+      indices: (s,) int determinant indices (traced values allowed).
+
+    Returns:
+      (s, s) eV, symmetric.
+    """
+    h1 = jnp.asarray(h1)
+    eri = jnp.asarray(eri)
+    indices = jnp.asarray(indices)
+    k = lists.orbitals
+    k_flat = _one_body_k(h1, eri).reshape(k * k)
+    eri_flat = eri.reshape(k * k, k * k)
+    up, down = _links(lists, h1.dtype)
+    n_down = lists.occupation_down.shape[0]
+    a, b = indices // n_down, indices % n_down
+    h_up = _string_hamiltonian(up, k_flat, eri_flat)[a[:, None], a[None, :]]
+    h_down = _string_hamiltonian(down, k_flat, eri_flat)[b[:, None], b[None, :]]
+    same_a = a[:, None] == a[None, :]
+    same_b = b[:, None] == b[None, :]
+    pair = eri_flat[up.link[a][:, :, None], down.link[b][:, None, :]]  # (s, L_up, L_down)
+    cross = jnp.einsum("ijl,ilm,ijm->ij", _matches(up, a, a), pair, _matches(down, b, b))
+    return jnp.where(same_b, h_up, 0.0) + jnp.where(same_a, h_down, 0.0) + cross
 
 
 def hamiltonian_diagonal(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) -> jax.Array:

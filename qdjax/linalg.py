@@ -130,19 +130,27 @@ def _rayleigh_ritz_eig(gram: jax.Array, a: jax.Array, k: int):
     keep = lam > RR_DROP_TOL * jnp.sqrt(eps) * lam[-1]
     inv_sqrt = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)
     b = z * inv_sqrt[None, :]
-    big = 1e3 * (jnp.max(jnp.abs(a)) + 1.0)
-    c = b.T @ a @ b + jnp.diag(jnp.where(keep, 0.0, big))
-    theta, y = symmetric_eigh(0.5 * (c + c.T))
+    theta, y = symmetric_eigh(_decoupled(b.T @ a @ b, ~keep))
     return theta[:k], d[:, None] * (b @ y[:, :k])
+
+
+def _decoupled(c: jax.Array, outside: jax.Array) -> jax.Array:
+    """Symmetrised c (m, m), whose rows and columns `outside` are zero, with those directions
+    moved above the whole spectrum: diagonal 2 max_i sum_j |c_ij| (twice a bound of every
+    eigenvalue), so they are never among the lowest, while the eigendecomposition keeps the
+    absolute accuracy of the scale of c (a huge constant there would cost eps times it)."""
+    c = 0.5 * (c + c.T)
+    bound = jnp.max(jnp.sum(jnp.abs(c), axis=1))
+    return c + jnp.diag(jnp.where(outside, jnp.where(bound > 0, 2.0 * bound, 1.0), 0.0))
 
 
 def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int):
     """Rayleigh-Ritz from G = S^T S and A = S^T H S (both (m, m)) with one eigendecomposition.
 
     With unit column scaling D and the Cholesky factor D G D = L L^T, the Ritz pairs are the
-    eigenpairs of L^-1 (D A D) L^-T; coefficients D L^-T y. Zero columns (an empty block) are
-    decoupled with a huge diagonal. When the scaled basis is nearly dependent (the bound
-    ||L^-1||_F^-2 <= lambda_min(D G D) falls below RR_DROP_TOL sqrt(eps), or the factorisation
+    eigenpairs of L^-1 (D A D) L^-T; coefficients D L^-T y. Zero columns (an empty block, or
+    unused columns of a buffer) are decoupled (`_decoupled`). When the scaled basis is nearly dependent (the bound
+    (||L^-1||_F^2 - zero columns)^-1 <= lambda_min(D G D) falls below RR_DROP_TOL sqrt(eps), or the factorisation
     fails) the eigendecomposition of G drops the dependent directions instead
     (`_rayleigh_ritz_eig`), through lax.cond, so that branch costs nothing when not taken.
 
@@ -160,17 +168,14 @@ def _rayleigh_ritz_gram_one(gram: jax.Array, a: jax.Array, k: int):
     d, g, sa = _scaled(gram, a)
     empty = d == 0
     g = g + jnp.diag(empty.astype(g.dtype))
-    big = 1e3 * (jnp.max(jnp.abs(sa)) + 1.0)
-    sa = sa + jnp.diag(jnp.where(empty, big, 0.0))
     chol = jnp.linalg.cholesky(g)
     linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(m, dtype=g.dtype), lower=True)
     eps = jnp.finfo(g.dtype).eps
-    bound = jnp.sum(linv * linv)
+    bound = jnp.sum(linv * linv) - jnp.sum(empty)
     ok = jnp.isfinite(bound) & (bound * RR_DROP_TOL * jnp.sqrt(eps) < 1.0)
 
     def factored(_):
-        c = linv @ sa @ linv.T
-        theta, y = symmetric_eigh(0.5 * (c + c.T))
+        theta, y = symmetric_eigh(_decoupled(linv @ sa @ linv.T, empty))
         return theta[:k], d[:, None] * (linv.T @ y[:, :k])
 
     return jax.lax.cond(ok, factored, lambda _: _rayleigh_ritz_eig(gram, a, k), None)
@@ -262,6 +267,131 @@ def lobpcg(
     return Eigenpairs(theta, s[:, :k], res, it)
 
 
+def _orthonormalising(gram: jax.Array, drop: float) -> jax.Array:
+    """(t, t) transform T with T^T G T = 1 on the kept directions, from the Gram matrix G of t
+    vectors: its eigendecomposition, directions with an eigenvalue at or below `drop` become
+    zero columns."""
+    lam, z = symmetric_eigh(0.5 * (gram + gram.T))
+    keep = lam > drop
+    return z * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)[None, :]
+
+
+def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
+    """The columns of w (n, t) made orthonormal to each other and, up to rounding, to those of
+    v (n, m; orthonormal or zero): unit columns, one pass of classical Gram-Schmidt against v,
+    then `_orthonormalising` (directions with nothing but rounding left, Gram eigenvalue at or
+    below RR_DROP_TOL eps, become zero columns). What rounding leaves of the overlap with v,
+    Rayleigh-Ritz with the Gram matrix absorbs."""
+    norms = jnp.linalg.norm(w, axis=0)
+    w = w * jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)[None, :]
+    w = w - v @ (_transposed(v) @ w)
+    return w @ _orthonormalising(_transposed(w) @ w, RR_DROP_TOL * jnp.finfo(w.dtype).eps)
+
+
+def _set_rows_and_columns(b: jax.Array, new: jax.Array, m: jax.Array) -> jax.Array:
+    """Symmetric b (s, s) with columns m:m+t set to new (s, t) and rows m:m+t to new^T."""
+    zero = jnp.int32(0)
+    b = jax.lax.dynamic_update_slice(b, new, (zero, m))
+    return jax.lax.dynamic_update_slice(b, new.T, (m, zero))
+
+
+def davidson(
+    apply_h: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
+    precondition: Callable[[jax.Array, jax.Array], jax.Array],
+    n_target: int,
+    tol: float,
+    max_iterations: int,
+    max_space: int,
+) -> Eigenpairs:
+    """Lowest eigenpairs of a symmetric operator by block (generalised) Davidson with thick
+    restart (E. R. Davidson, J. Comput. Phys. 17, 87 (1975); the block form used by CI codes).
+
+    The search space V (at most max_space columns), H V, A = V^T H V and G = V^T V are kept in
+    buffers and grown by one block per iteration: the preconditioned residuals of the first
+    n_target Ritz pairs, orthonormalised against V (`_orthonormal_block`), so one iteration
+    costs n_target products with H. Rayleigh-Ritz uses G (`_rayleigh_ritz_gram`), so the
+    orthogonality V loses to rounding (float32) does not bias the Ritz pairs. When the next
+    block would not fit, V restarts from the k current Ritz vectors and the n_target of the
+    iteration before (combined in the coefficients of V: H V, A and G follow without
+    products), which keeps the step LOBPCG takes even at the smallest space. Every column added
+    since the last restart stays in the space, which makes the method robust where the last
+    target has a close neighbour outside the target block (there a LOBPCG that expands only
+    the targets can stagnate). Iterates inside `lax.while_loop` until the first n_target
+    residual norms are <= tol or max_iterations is reached; under jax.vmap every lane stops
+    changing once it has converged.
+
+    Args:
+      apply_h: X (n, m) -> H X, linear, H symmetric.
+      x0: (n, k) orthonormal starting block; k - n_target extra vectors guard the
+        convergence of the last target pairs.
+      precondition: (R (n, n_target), theta (n_target,)) -> approximate (H - theta)^-1 R,
+        column by column.
+      n_target: the first n_target pairs must meet tol, 1 <= n_target <= k.
+      tol: residual norm threshold, unit of H.
+      max_iterations: upper bound on iterations.
+      max_space: columns of the search space, >= k + 2 n_target.
+
+    Returns:
+      Eigenpairs: the k lowest Ritz pairs, the residual norms of the first n_target (0 for the
+      others) and the iterations (blocks of products after the first).
+    """
+    n, k = x0.shape
+    t = n_target
+    if not 1 <= t <= k or max_space < k + 2 * t:
+        raise ValueError(f"need 1 <= n_target <= k and max_space >= k + 2 n_target, got {t}, {k}, {max_space}")
+    zero = jnp.int32(0)
+    hx0 = apply_h(x0)
+    v = jnp.zeros((n, max_space), x0.dtype).at[:, :k].set(x0)
+    hv = jnp.zeros((n, max_space), x0.dtype).at[:, :k].set(hx0)
+    a = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(_transposed(x0) @ hx0)
+    g = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(_transposed(x0) @ x0)
+
+    def residuals(v, hv, theta, y):
+        """R (n, t) of the target pairs and the residual norms (k,), 0 beyond t."""
+        r = hv @ y[:, :t] - (v @ y[:, :t]) * theta[None, :t]
+        return r, jnp.concatenate([jnp.linalg.norm(r, axis=0), jnp.zeros((k - t,), r.dtype)])
+
+    def restarted(v, hv, a, g, y, y_prev):
+        """The space of [Ritz vectors, previous Ritz vectors], k + t columns: (v, hv, a, g).
+        Previous directions (nearly) in the span of the current ones are dropped (Gram
+        eigenvalue at or below RR_DROP_TOL sqrt(eps))."""
+        extra = y_prev
+        for _ in range(2):
+            extra = extra - y @ (y.T @ (g @ extra))
+        extra = extra @ _orthonormalising(extra.T @ g @ extra, RR_DROP_TOL * jnp.sqrt(jnp.finfo(y.dtype).eps))
+        z = jnp.concatenate([y, extra, jnp.zeros((max_space, max_space - k - t), y.dtype)], axis=1)
+        return v @ z, hv @ z, z.T @ a @ z, z.T @ g @ z
+
+    def cond(state):
+        *_, res, it = state
+        return jnp.logical_and(it < max_iterations, jnp.max(res[:t]) > tol)
+
+    def body(state):
+        v, hv, a, g, m, theta, y, y_prev, r, _, it = state
+        w = precondition(r, theta[:t])
+        restart = m + t > max_space
+        v, hv, a, g = jax.lax.cond(
+            restart, restarted, lambda v, hv, a, g, *_: (v, hv, a, g), v, hv, a, g, y, y_prev
+        )
+        m = jnp.where(restart, jnp.int32(k + t), m)
+        w = _orthonormal_block(v, w)
+        hw = apply_h(w)
+        v = jax.lax.dynamic_update_slice(v, w, (zero, m))
+        hv = jax.lax.dynamic_update_slice(hv, hw, (zero, m))
+        vt = _transposed(v)
+        a, g = _set_rows_and_columns(a, vt @ hw, m), _set_rows_and_columns(g, vt @ w, m)
+        # the previous Ritz coefficients in the (possibly restarted) basis
+        y_prev = jnp.where(restart, jnp.eye(max_space, k, dtype=y.dtype), y)[:, :t]
+        theta, y = _rayleigh_ritz_gram(g, a, k)
+        return (v, hv, a, g, m + t, theta, y, y_prev, *residuals(v, hv, theta, y), it + 1)
+
+    theta, y = _rayleigh_ritz_gram(g, a, k)
+    state = (v, hv, a, g, jnp.int32(k), theta, y, y[:, :t], *residuals(v, hv, theta, y), zero)
+    v, _, _, _, _, theta, y, _, _, res, it = jax.lax.while_loop(cond, body, state)
+    return Eigenpairs(theta, v @ y, res, it)
+
+
 def pcg(
     matvec: Callable[[jax.Array], jax.Array],
     b: jax.Array,
@@ -334,29 +464,27 @@ class Preconditioner(NamedTuple):
     coarse_vectors: jax.Array
 
 
-def block_jacobi(apply_h: Callable, params, diagonal: jax.Array, coarse: jax.Array, block: int):
+def block_jacobi(h_coarse: jax.Array, diagonal: jax.Array, coarse: jax.Array, block: int):
     """Starting block and `Preconditioner` from the exact solution in a coarse subspace.
 
     Args:
-      apply_h: (params, X) -> H X.
-      params: H's parameters.
+      h_coarse: (s, s) H restricted to the coarse indices, H[coarse][:, coarse] (computed
+        directly, without products with H: `qdjax.fock.hamiltonian_block` for a many-body
+        sector).
       diagonal: (n,) diagonal of H.
       coarse: (s,) int indices, s >= block (e.g. the lowest diagonal entries).
       block: number of starting vectors.
 
     Returns:
-      (x0 (n, block), Preconditioner).
+      (x0 (n, block), Preconditioner). Not differentiated (stop_gradient).
     """
-    params = jax.lax.stop_gradient(params)
-    n = diagonal.shape[0]
-    unit = jnp.zeros((n, coarse.shape[0]), diagonal.dtype).at[coarse, jnp.arange(coarse.shape[0])].set(1.0)
-    hc = apply_h(params, unit)[coarse]
-    lam, z = symmetric_eigh(0.5 * (hc + hc.T))
-    x0 = jnp.zeros((n, block), diagonal.dtype).at[coarse].set(z[:, :block])
+    h_coarse = jax.lax.stop_gradient(h_coarse)
+    lam, z = symmetric_eigh(0.5 * (h_coarse + h_coarse.T))
+    x0 = jnp.zeros((diagonal.shape[0], block), diagonal.dtype).at[coarse].set(z[:, :block])
     return x0, Preconditioner(jax.lax.stop_gradient(diagonal), coarse, lam, z)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 4, 5, 6, 7, 8, 9, 10))
 def lowest_eigenpairs(
     apply_h: Callable,
     params,
@@ -365,11 +493,12 @@ def lowest_eigenpairs(
     n_target: int,
     tol: float,
     max_iterations: int,
+    max_space: int,
     degeneracy_tol: float,
     solve_tol: float,
     solve_max_iterations: int,
 ):
-    """Lowest eigenpairs of H(params) by `lobpcg`, differentiable with respect to params.
+    """Lowest eigenpairs of H(params) by `davidson`, differentiable with respect to params.
 
     H(params) is given only through apply_h(params, X) = H(params) X, which must be linear in
     params (a matrix, or the integrals of a many-body Hamiltonian). Preconditioner: block
@@ -388,18 +517,18 @@ def lowest_eigenpairs(
       params: pytree of arrays defining H, differentiable.
       preconditioner: `Preconditioner` (not differentiated).
       x0: (n, k) starting block, k > n_target.
-      n_target, tol, max_iterations: see `lobpcg`.
+      n_target, tol, max_iterations, max_space: see `davidson`.
       degeneracy_tol: gaps at or below this count as degenerate in the derivative.
       solve_tol, solve_max_iterations: Sternheimer conjugate gradients settings.
 
     Returns:
       (values (n_target,), vectors (n, n_target), residuals (n_target,)).
     """
-    w, u, res, _ = _lowest_eigenpairs(apply_h, params, preconditioner, x0, n_target, tol, max_iterations)
+    w, u, res, _ = _lowest_eigenpairs(apply_h, params, preconditioner, x0, n_target, tol, max_iterations, max_space)
     return w, u, res
 
 
-def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, max_iterations):
+def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, max_iterations, max_space):
     k = x0.shape[-1]
     lam, z = pre.coarse_values, pre.coarse_vectors
     spread = lam[k] - lam[0] if lam.shape[0] > k else lam[-1] - lam[0]
@@ -411,17 +540,17 @@ def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, 
     def precondition(r, theta):
         return (r / outside[:, None]).at[pre.coarse].set(inverse @ r[pre.coarse])
 
-    # Only the wanted pairs expand the search space in float64 (see `lobpcg`).
-    expand = n_target if x0.dtype == jnp.float64 else None
-    result = lobpcg(lambda x: apply_h(params, x), x0, precondition, n_target, tol, max_iterations, expand)
+    result = davidson(lambda x: apply_h(params, x), x0, precondition, n_target, tol, max_iterations, max_space)
     return result.values[:n_target], result.vectors[:, :n_target], result.residuals[:n_target], result.values
 
 
 @lowest_eigenpairs.defjvp
-def _lowest_eigenpairs_jvp(apply_h, n_target, tol, max_iterations, degeneracy_tol, solve_tol, solve_max, primals, tangents):
+def _lowest_eigenpairs_jvp(
+    apply_h, n_target, tol, max_iterations, max_space, degeneracy_tol, solve_tol, solve_max, primals, tangents
+):
     params, pre, x0 = primals
     dparams = tangents[0]
-    w, u, res, _ = _lowest_eigenpairs(apply_h, params, pre, x0, n_target, tol, max_iterations)
+    w, u, res, _ = _lowest_eigenpairs(apply_h, params, pre, x0, n_target, tol, max_iterations, max_space)
     dhu = apply_h(dparams, u)
     omega = u.T @ dhu
     dw = jnp.diagonal(omega)
@@ -447,8 +576,11 @@ def _lowest_eigenpairs_jvp(apply_h, n_target, tol, max_iterations, degeneracy_to
 
     def solve(matvec, b):
         # b -> (Q (H - w) Q)^+ Q b is symmetric, hence its own transpose (reverse mode passes
-        # cotangents outside range(Q)).
-        return pcg(matvec, project(b), precondition, solve_tol, solve_max)
+        # cotangents outside range(Q)). Projected twice: a cotangent nearly inside range(U)
+        # (that of U^T H U is H U = U W up to the residual) keeps, after one projection, a
+        # rounding part in range(U) of eps times its norm, which Q (H - w) Q cannot reduce;
+        # relative to the small remainder that part is large, and the iteration diverged.
+        return pcg(matvec, project(project(b)), precondition, solve_tol, solve_max)
 
     y = jax.lax.custom_linear_solve(matvec, -(dhu - u @ omega), solve, symmetric=True)
     du = u @ _within_block_terms(w, omega, degeneracy_tol) + y

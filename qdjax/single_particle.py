@@ -231,7 +231,10 @@ def _lowest_jvp(config, primals, tangents):
     def solve(matvec, b):
         # The solution map b -> (Q (H0 - w) Q)^+ Q b is symmetric, so it is its own transpose
         # (reverse mode passes cotangents that are not in range(Q)).
-        return linalg.pcg(matvec, project(b), precondition, STERNHEIMER_TOL[config.dtype], STERNHEIMER_MAX_ITERATIONS)
+        # Projected twice (see qdjax.linalg.lowest_eigenpairs: a cotangent nearly inside
+        # range(U) keeps a rounding part there after one projection).
+        b = project(project(b))
+        return linalg.pcg(matvec, b, precondition, STERNHEIMER_TOL[config.dtype], STERNHEIMER_MAX_ITERATIONS)
 
     rhs = -(dhu - u @ omega)
     y = jax.lax.custom_linear_solve(matvec, rhs, solve, symmetric=True)

@@ -111,8 +111,9 @@ def test_out_of_range_electrons():
 
 
 @pytest.mark.parametrize("k, n", [(1, 1), (3, 2), (4, 3), (5, 4), (5, 5), (6, 3)])
-def test_matrix_free_product_diagonal_and_rdm1_equal_the_assembled_ones(k, n):
+def test_matrix_free_product_diagonal_block_and_rdm1_equal_the_assembled_ones(k, n):
     # Oracle: the assembled Hamiltonian (itself checked against Jordan-Wigner and PySCF above).
+    # The block is taken on random determinants, repeats included, and on all of them.
     h1, eri = random_integrals(k, seed=3 * k + n)
     space, lists = fock.fock_space(k, n), fock.excitation_lists(k, n)
     assert lists.dimension == space.dimension
@@ -120,6 +121,10 @@ def test_matrix_free_product_diagonal_and_rdm1_equal_the_assembled_ones(k, n):
     x = np.random.default_rng(k + n).normal(size=(space.dimension, 3))
     np.testing.assert_allclose(np.asarray(fock.apply_hamiltonian(lists, h1, eri, x)), h @ x, atol=1e-12)
     np.testing.assert_allclose(np.asarray(fock.hamiltonian_diagonal(lists, h1, eri)), np.diag(h), atol=1e-12)
+    some = np.random.default_rng(n).integers(0, space.dimension, size=min(2 * space.dimension, 40))
+    for idx in (some, np.arange(space.dimension)):
+        block = np.asarray(fock.hamiltonian_block(lists, h1, eri, idx))
+        np.testing.assert_allclose(block, h[np.ix_(idx, idx)], atol=1e-12)
     w = np.array([0.25, 0.45, 0.3])
     np.testing.assert_allclose(
         np.asarray(fock.rdm1_from_lists(lists, x, w)), np.asarray(fock.rdm1(space, x, w)), atol=1e-12

@@ -72,6 +72,31 @@ def test_lobpcg_and_pcg_on_random_matrix():
     np.testing.assert_allclose(spd @ x, b, atol=1e-11)
 
 
+@pytest.mark.parametrize("max_space", [16, 24])
+def test_davidson_with_a_close_neighbour_and_restarts(max_space):
+    # Reference: numpy.linalg.eigh. Four targets, two of them degenerate, and the fifth level
+    # 1e-3 above the fourth (outside the target block); max_space 16 restarts every iteration,
+    # 24 after every third block. A starting block with a direction of the exact solution missing.
+    rng = np.random.default_rng(4)
+    n = 300
+    q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    values = np.concatenate([[0.0, 0.3, 0.3, 0.7, 0.701, 0.9, 1.2, 1.5], np.linspace(3.0, 60.0, n - 8)])
+    h = jnp.asarray((q * values) @ q.T)
+    x0 = np.linalg.qr(rng.normal(size=(n, 8)))[0]
+    diag = jnp.diagonal(h)
+    res = linalg.davidson(
+        lambda x: h @ x, jnp.asarray(x0), lambda r, t: r / jnp.maximum(diag[:, None] - t[None, :], 1.0), 4, 1e-11, 300,
+        max_space,
+    )
+    assert int(res.iterations) > (max_space - 8) // 4  # restarted at least once
+    assert float(jnp.max(res.residuals[:4])) <= 1e-11
+    np.testing.assert_allclose(res.values[:4], values[:4], atol=1e-12)
+    x = np.asarray(res.vectors)
+    np.testing.assert_allclose(x.T @ x, np.eye(8), atol=1e-12)
+    with pytest.raises(ValueError, match="max_space"):
+        linalg.davidson(lambda x: h @ x, jnp.asarray(x0), lambda r, t: r, 4, 1e-11, 10, 15)
+
+
 @pytest.mark.parametrize("case", ["full rank", "dependent", "empty block"])
 def test_rayleigh_ritz_gram_equals_projected_eigh(case):
     # Reference: numpy.linalg.eigh of H projected on an orthonormal basis of span(S) (from an
@@ -164,6 +189,27 @@ def test_iterative_gradients_equal_dense(random_V, case, n_electrons):
         g_it = jax.grad(fn)(V, base.replace(eigensolver="iterative"))
         g_de = jax.grad(fn)(V, base.replace(eigensolver="dense"))
         assert _rel(g_it, g_de) < 1e-7
+
+
+@pytest.mark.parametrize("seed", [2, 0])
+def test_reverse_mode_orbital_derivatives_equal_dense(random_V, seed):
+    # Reference: the dense path, and the forward-mode derivative of the same function. The
+    # cotangent that h1 = U^T H0 U sends to the Sternheimer solve is H0 U = U W up to the
+    # residual, almost inside range(U); with one projection its rounding part there made the
+    # conjugate gradients diverge (relative errors of 1e-5 in this gradient, seed 2).
+    config = qdjax.EDConfig()
+    V = jnp.asarray(random_V[seed])
+    w = jnp.asarray(np.random.default_rng(seed).normal(size=(config.orbitals, config.orbitals)))
+    dV = jnp.asarray(np.random.default_rng(seed + 1).normal(size=V.shape))
+
+    def fn(v, c):
+        return jnp.sum(w * ed.integrals(v, c).h1)
+
+    g_it = jax.grad(fn)(V, config.replace(eigensolver="iterative"))
+    g_de = jax.grad(fn)(V, config.replace(eigensolver="dense"))
+    assert _rel(g_it, g_de) < 1e-9
+    forward = jax.jvp(lambda v: fn(v, config.replace(eigensolver="iterative")), (V,), (dV,))[1]
+    assert float(jnp.sum(g_it * dV)) == pytest.approx(float(forward), rel=1e-10)
 
 
 @pytest.mark.parametrize(
