@@ -83,9 +83,10 @@ FOCK_SOLVE_MAX_ITERATIONS = 500
 #: Largest sector (determinants) whose many-body Hamiltonian is assembled as a dense d x d
 #: matrix (8 d^2 bytes in float64: 0.5 GiB at this limit, per potential in flight); larger
 #: sectors are solved matrix-free (`fock.apply_hamiltonian`), by Davidson only. Measured on 2
-#: CPU cores: at 4 356 determinants (K = 12, N = 4) assembling is faster (0.38 against 0.56 s
-#: per potential), at 14 400-14 520 (K = 16, N = 4; K = 12, N = 5) matrix-free is (3.0 against
-#: 3.9 s, 2.5 against 3.2 s) and holds 0.7 instead of 4.7-5.4 GiB (docs/benchmarks.md).
+#: CPU cores, seconds per potential (matrix-free against assembled): 0.16 against 0.20 at
+#: 3 136 determinants (K = 8, N = 6), 0.35 against 0.33 at 4 356 (K = 12, N = 4), 1.6 against
+#: 3.4 and 1.3 against 3.0 at 14 400-14 520 (K = 16, N = 4; K = 12, N = 5), where assembling
+#: holds 4.7-5.4 GiB instead of 0.7 (docs/benchmarks.md).
 FOCK_ASSEMBLED_MAX = 8192
 #: Largest sector accepted. Matrix-free, H x holds about 4 K^2 d numbers per column at a time
 #: (K = 16: 1 GiB in float64 at this limit).
