@@ -149,10 +149,11 @@ def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int):
 
     With unit column scaling D and the Cholesky factor D G D = L L^T, the Ritz pairs are the
     eigenpairs of L^-1 (D A D) L^-T; coefficients D L^-T y. Zero columns (an empty block, or
-    unused columns of a buffer) are decoupled (`_decoupled`). When the scaled basis is nearly dependent (the bound
-    (||L^-1||_F^2 - zero columns)^-1 <= lambda_min(D G D) falls below RR_DROP_TOL sqrt(eps), or the factorisation
-    fails) the eigendecomposition of G drops the dependent directions instead
-    (`_rayleigh_ritz_eig`), through lax.cond, so that branch costs nothing when not taken.
+    unused columns of a buffer) are decoupled (`_decoupled`). When the scaled basis is nearly
+    dependent (the bound (||L^-1||_F^2 - zero columns)^-1 <= lambda_min(D G D) falls below
+    RR_DROP_TOL sqrt(eps), or the factorisation fails) the eigendecomposition of G drops the
+    dependent directions instead (`_rayleigh_ritz_eig`), through lax.cond, so that branch
+    costs nothing when not taken.
 
     Under jax.vmap the instances are done one after another (jax.custom_batching.sequential_vmap),
     so that the fallback stays a branch that is not evaluated instead of becoming a select.
