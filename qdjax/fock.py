@@ -132,6 +132,12 @@ def _one_body_k(h1: jax.Array, eri: jax.Array) -> jax.Array:
     return h1 - 0.5 * jnp.einsum("...prrq->...pq", eri)
 
 
+def _flat_integrals(h1: jax.Array, eri: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """k_pq and (pq|rs) indexed by x = p K + q: (..., K*K) and (..., K*K, K*K)."""
+    k2 = h1.shape[-1] ** 2
+    return _one_body_k(h1, eri).reshape(h1.shape[:-2] + (k2,)), eri.reshape(eri.shape[:-4] + (k2, k2))
+
+
 def _spin_blocks(c: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """sum_s w_s c_s c_s^T traced over the other spin, for c (..., n_up, n_down, S): the
     (..., n_up, n_up) and (..., n_down, n_down) blocks from which the 1-RDM follows."""
@@ -159,13 +165,10 @@ def hamiltonian(space: FockSpace, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     """
     h1 = jnp.asarray(h1)
     eri = jnp.asarray(eri)
-    k = space.orbitals
     e_up = jnp.asarray(space.e_up, dtype=h1.dtype)
     e_down = jnp.asarray(space.e_down, dtype=h1.dtype)
     n_up, n_down = e_up.shape[-1], e_down.shape[-1]
-    k_mat = _one_body_k(h1, eri)
-    k_flat = k_mat.reshape(k_mat.shape[:-2] + (k * k,))
-    eri_flat = eri.reshape(eri.shape[:-4] + (k * k, k * k))
+    k_flat, eri_flat = _flat_integrals(h1, eri)
     h_up = _same_spin_block(e_up, k_flat, eri_flat)
     h_down = _same_spin_block(e_down, k_flat, eri_flat)
     cross = jnp.einsum("xab,...xy,ycd->...acbd", e_up, eri_flat, e_down)
@@ -236,9 +239,14 @@ class ExcitationLists(NamedTuple):
     occupation_down: np.ndarray
 
     @property
+    def strings(self) -> tuple[int, int]:
+        """Numbers of up and of down strings."""
+        return self.occupation_up.shape[0], self.occupation_down.shape[0]
+
+    @property
     def dimension(self) -> int:
         """Number of determinants."""
-        return self.occupation_up.shape[0] * self.occupation_down.shape[0]
+        return math.prod(self.strings)
 
 
 def _string_lists(orbitals: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -339,10 +347,8 @@ def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: 
     h1 = jnp.asarray(h1)
     eri = jnp.asarray(eri)
     x = jnp.asarray(x)
-    k = lists.orbitals
-    n_up, n_down = lists.occupation_up.shape[0], lists.occupation_down.shape[0]
-    k_flat = _one_body_k(h1, eri).reshape(k * k)
-    eri_flat = eri.reshape(k * k, k * k)
+    n_up, n_down = lists.strings
+    k_flat, eri_flat = _flat_integrals(h1, eri)
     up, down = _links(lists, x.dtype)
 
     def one(column):
@@ -395,11 +401,9 @@ def hamiltonian_block(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, ind
     h1 = jnp.asarray(h1)
     eri = jnp.asarray(eri)
     indices = jnp.asarray(indices)
-    k = lists.orbitals
-    k_flat = _one_body_k(h1, eri).reshape(k * k)
-    eri_flat = eri.reshape(k * k, k * k)
+    k_flat, eri_flat = _flat_integrals(h1, eri)
     up, down = _links(lists, h1.dtype)
-    n_down = lists.occupation_down.shape[0]
+    n_down = lists.strings[1]
     a, b = indices // n_down, indices % n_down
     h_up = _string_hamiltonian(up, k_flat, eri_flat)[a[:, None], a[None, :]]
     h_down = _string_hamiltonian(down, k_flat, eri_flat)[b[:, None], b[None, :]]
@@ -450,7 +454,7 @@ def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLi
     """
     vectors = jnp.asarray(vectors)
     k = lists.orbitals
-    n_up, n_down = lists.occupation_up.shape[0], lists.occupation_down.shape[0]
+    n_up, n_down = lists.strings
     m_up, m_down = _spin_blocks(vectors.reshape(n_up, n_down, vectors.shape[-1]), weights)
     gamma = jnp.zeros(k * k, m_up.dtype)
     for m, links in zip((m_up, m_down), _links(lists, m_up.dtype)):

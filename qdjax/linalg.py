@@ -121,15 +121,21 @@ def _scaled(gram: jax.Array, a: jax.Array):
     return d, d[:, None] * gram * d[None, :], d[:, None] * a * d[None, :]
 
 
+def _orthonormalising(gram: jax.Array, drop: float, relative: bool = False):
+    """(t, t) transform T with T^T G T = 1 on the kept directions, from the Gram matrix G of t
+    vectors, and the kept directions (t,) bool: the eigendecomposition of G, directions with
+    an eigenvalue at or below `drop` (times the largest eigenvalue if `relative`) become zero
+    columns. G need not be exactly symmetric: `symmetric_eigh` symmetrises its input."""
+    lam, z = symmetric_eigh(gram)
+    keep = lam > (drop * lam[-1] if relative else drop)
+    return z * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)[None, :], keep
+
+
 def _rayleigh_ritz_eig(gram: jax.Array, a: jax.Array, k: int):
     """Rayleigh-Ritz from the Gram matrix G (m, m) and A = S^T H S (m, m) by the eigendecomposition
     of the scaled G (see `_rayleigh_ritz`)."""
     d, gram, a = _scaled(gram, a)
-    lam, z = symmetric_eigh(gram)
-    eps = jnp.finfo(gram.dtype).eps
-    keep = lam > RR_DROP_TOL * jnp.sqrt(eps) * lam[-1]
-    inv_sqrt = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)
-    b = z * inv_sqrt[None, :]
+    b, keep = _orthonormalising(gram, RR_DROP_TOL * jnp.sqrt(jnp.finfo(gram.dtype).eps), relative=True)
     theta, y = symmetric_eigh(_decoupled(b.T @ a @ b, ~keep))
     return theta[:k], d[:, None] * (b @ y[:, :k])
 
@@ -268,15 +274,6 @@ def lobpcg(
     return Eigenpairs(theta, s[:, :k], res, it)
 
 
-def _orthonormalising(gram: jax.Array, drop: float) -> jax.Array:
-    """(t, t) transform T with T^T G T = 1 on the kept directions, from the Gram matrix G of t
-    vectors: its eigendecomposition, directions with an eigenvalue at or below `drop` become
-    zero columns."""
-    lam, z = symmetric_eigh(0.5 * (gram + gram.T))
-    keep = lam > drop
-    return z * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)[None, :]
-
-
 def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
     """The columns of w (n, t) made orthonormal to each other and, up to rounding, to those of
     v (n, m; orthonormal or zero): unit columns, one pass of classical Gram-Schmidt against v,
@@ -286,7 +283,7 @@ def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
     norms = jnp.linalg.norm(w, axis=0)
     w = w * jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)[None, :]
     w = w - v @ (_transposed(v) @ w)
-    return w @ _orthonormalising(_transposed(w) @ w, RR_DROP_TOL * jnp.finfo(w.dtype).eps)
+    return w @ _orthonormalising(_transposed(w) @ w, RR_DROP_TOL * jnp.finfo(w.dtype).eps)[0]
 
 
 def _set_rows_and_columns(b: jax.Array, new: jax.Array, m: jax.Array) -> jax.Array:
@@ -360,7 +357,7 @@ def davidson(
         extra = y_prev
         for _ in range(2):
             extra = extra - y @ (y.T @ (g @ extra))
-        extra = extra @ _orthonormalising(extra.T @ g @ extra, RR_DROP_TOL * jnp.sqrt(jnp.finfo(y.dtype).eps))
+        extra = extra @ _orthonormalising(extra.T @ g @ extra, RR_DROP_TOL * jnp.sqrt(jnp.finfo(y.dtype).eps))[0]
         z = jnp.concatenate([y, extra, jnp.zeros((max_space, max_space - k - t), y.dtype)], axis=1)
         return v @ z, hv @ z, z.T @ a @ z, z.T @ g @ z
 
