@@ -76,7 +76,7 @@ def test_lobpcg_and_pcg_on_random_matrix():
 def test_davidson_with_a_close_neighbour_and_restarts(max_space):
     # Reference: numpy.linalg.eigh. Four targets, two of them degenerate, and the fifth level
     # 1e-3 above the fourth (outside the target block); max_space 16 restarts every iteration,
-    # 24 after every third block. A starting block with a direction of the exact solution missing.
+    # 24 after every third block. A random orthonormal starting block.
     rng = np.random.default_rng(4)
     n = 300
     q = np.linalg.qr(rng.normal(size=(n, n)))[0]
