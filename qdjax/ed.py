@@ -27,15 +27,16 @@ Solvers (`EDConfig.eigensolver`): "dense" diagonalises everything completely (th
 ("iterative"), the lowest `FOCK_ROOTS` many-body states by block Davidson on the assembled
 matrix (qdjax.linalg.lowest_eigenpairs), started from and preconditioned by the exact
 solution among the `FOCK_COARSE` determinants of lowest diagonal energy. Sectors of more than
-`FOCK_ASSEMBLED_MAX` determinants are never assembled: Davidson then applies H matrix-free
-(qdjax.fock.apply_hamiltonian), with a coarse block of `FOCK_COARSE_MATRIX_FREE` determinants
+`FOCK_ASSEMBLED_MAX` determinants are not assembled: Davidson then applies H matrix-free
+(qdjax.fock.apply_operator), with a coarse block of `FOCK_COARSE_MATRIX_FREE` determinants
 (qdjax.fock.hamiltonian_block), up to `FOCK_MAX_DIMENSION` determinants. The ground
 manifold must lie inside the roots with a gap after them. Convergence: both iterative solvers stop
 when every wanted residual is below its tolerance (qdjax.single_particle.RESIDUAL_TOL_EV,
 `FOCK_RESIDUAL_TOL_EV`) or at their iteration limits; an eager call (concrete V) checks this
 and recomputes any instance that did not converge, or whose ground manifold fills all
-`FOCK_ROOTS` roots, with the dense solvers (with a RuntimeWarning; matrix-free sectors have
-no dense fallback and are returned as they are, with a RuntimeWarning); under an outer
+`FOCK_ROOTS` roots, with the dense solvers (with a RuntimeWarning; sectors above
+`FOCK_DENSE_SOLVER_MAX` determinants have no dense fallback and are returned as they are,
+with a RuntimeWarning); under an outer
 jax.jit or jax.grad the check is skipped and the last iterate is returned.
 """
 
@@ -80,17 +81,22 @@ FOCK_MAX_SPACE = 24
 #: Sternheimer conjugate gradients for many-body derivatives.
 FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
-#: Largest sector (determinants) whose many-body Hamiltonian is assembled as a dense d x d
-#: matrix (8 d^2 bytes in float64: 0.5 GiB at this limit, per potential in flight); larger
-#: sectors are solved matrix-free (`fock.apply_hamiltonian`), by Davidson only. Measured on 2
-#: CPU cores, seconds per potential (matrix-free against assembled): 0.16 against 0.20 at
-#: 3 136 determinants (K = 8, N = 6), 0.35 against 0.33 at 4 356 (K = 12, N = 4), 1.6 against
-#: 3.4 and 1.3 against 3.0 at 14 400-14 520 (K = 16, N = 4; K = 12, N = 5), where assembling
-#: holds 4.7-5.4 GiB instead of 0.7 (docs/benchmarks.md).
-FOCK_ASSEMBLED_MAX = 8192
-#: Largest sector accepted. Matrix-free, H x holds about 4 K^2 d numbers per column at a time
-#: (K = 16: 1 GiB in float64 at this limit).
-FOCK_MAX_DIMENSION = 131072
+#: Largest sector (determinants) whose many-body Hamiltonian "auto" and "iterative" assemble
+#: as a dense d x d matrix for Davidson; larger sectors are solved matrix-free
+#: (`fock.apply_operator`). Measured on 2 CPU cores, seconds per potential end to end
+#: (matrix-free against assembled; docs/benchmarks.md): 0.031 against 0.024 at 784
+#: determinants (K = 8, N = 4, the paper's largest sector), 0.049 against 0.048 at 792
+#: (K = 12, N = 3), 0.042 against 0.056 at 1 296 (K = 9, N = 4), 0.042 against 0.068 at
+#: 1 568 (K = 8, N = 5), 0.070 against 0.17 at 3 136 (K = 8, N = 6).
+FOCK_ASSEMBLED_MAX = 1024
+#: Largest sector the dense solver assembles and diagonalises completely (8 d^2 bytes in
+#: float64: 0.5 GiB at this limit, per potential in flight): eigensolver="dense" is refused
+#: above it, and up to it an unconverged Davidson instance is recomputed densely.
+FOCK_DENSE_SOLVER_MAX = 8192
+#: Largest sector accepted. Matrix-free, H x holds about P d numbers per column at a time,
+#: P = K (K + 1) / 2 (K = 16: 0.4 GiB in float64 at this limit). K = 16, N = 6 (313 600
+#: determinants) takes about 30 s per potential on 2 CPU cores (docs/benchmarks.md).
+FOCK_MAX_DIMENSION = 400_000
 
 
 def _iterative_orbitals(config: EDConfig) -> bool:
@@ -136,7 +142,7 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
     """Raise ValueError naming the problem if the inputs of an ED call are invalid.
 
     Checks: config type; N an integer in 1..2 K (and K >= N_up); a sector of at most
-    FOCK_MAX_DIMENSION determinants, and of at most FOCK_ASSEMBLED_MAX with
+    FOCK_MAX_DIMENSION determinants, and of at most FOCK_DENSE_SOLVER_MAX with
     eigensolver="dense"; V real, of shape
     (..., grid, grid) with non-empty batch axes, finite (when V is concrete); float64
     requested while JAX's 64-bit mode is off.
@@ -151,16 +157,17 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
         )
     dimension = fock.sector_dimension(config.orbitals, int(n_electrons))
     if dimension > FOCK_MAX_DIMENSION:
-        k2 = config.orbitals**2
+        pairs = config.orbitals * (config.orbitals + 1) // 2
         raise ValueError(
             f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants; sectors above "
             f"FOCK_MAX_DIMENSION={FOCK_MAX_DIMENSION} are refused (the matrix-free H x would hold "
-            f"{4 * 8 * k2 * dimension / 2**30:.1f} GiB per vector in float64): use fewer orbitals"
+            f"{8 * pairs * dimension / 2**30:.1f} GiB per vector in float64): use fewer orbitals"
         )
-    if dimension > FOCK_ASSEMBLED_MAX and config.eigensolver == "dense":
+    if dimension > FOCK_DENSE_SOLVER_MAX and config.eigensolver == "dense":
         raise ValueError(
             f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants: the dense solver "
-            f"would assemble a {8 * dimension**2 / 2**30:.1f} GiB matrix (FOCK_ASSEMBLED_MAX={FOCK_ASSEMBLED_MAX}); "
+            f"would assemble a {8 * dimension**2 / 2**30:.1f} GiB matrix "
+            f"(FOCK_DENSE_SOLVER_MAX={FOCK_DENSE_SOLVER_MAX}); "
             "use eigensolver='auto' (matrix-free Davidson)"
         )
     shape = np.shape(V)
@@ -268,17 +275,21 @@ def _dense_block(h: jax.Array, indices: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class _SectorApply:
-    """(h1, eri), X -> H X of the (K, N) sector, matrix-free (hashable: a static argument)."""
+    """(fock.SectorOperator, X) -> H X of the (K, N) sector, matrix-free (hashable: a static
+    argument)."""
 
     orbitals: int
     n_electrons: int
 
-    def __call__(self, params, x):
-        h1, eri = params
-        return fock.apply_hamiltonian(fock.excitation_lists(self.orbitals, self.n_electrons), h1, eri, x)
+    def __call__(self, operator, x):
+        return fock.apply_operator(fock.excitation_lists(self.orbitals, self.n_electrons), operator, x)
 
 
 def _matrix_free(config: EDConfig, n_electrons: int) -> bool:
+    """Whether the sector is solved matrix-free: above FOCK_ASSEMBLED_MAX, unless the dense
+    solver was asked for (it assembles up to FOCK_DENSE_SOLVER_MAX, `validate` refuses more)."""
+    if config.eigensolver == "dense":
+        return False
     return fock.sector_dimension(config.orbitals, n_electrons) > FOCK_ASSEMBLED_MAX
 
 
@@ -298,7 +309,8 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
         diagonal = fock.hamiltonian_diagonal(lists, h1, eri)
         restrict = functools.partial(fock.hamiltonian_block, lists, h1, eri)
         apply_h = _SectorApply(config.orbitals, n_electrons)
-        w, c, converged = _lowest_many_body(apply_h, (h1, eri), diagonal, restrict, FOCK_COARSE_MATRIX_FREE, config)
+        operator = fock.sector_operator(lists, h1, eri)
+        w, c, converged = _lowest_many_body(apply_h, operator, diagonal, restrict, FOCK_COARSE_MATRIX_FREE, config)
         rdm1 = functools.partial(fock.rdm1_from_lists, lists)
     else:
         space = fock.fock_space(config.orbitals, n_electrons)
@@ -427,10 +439,10 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
     if bad.size == 0:
         return out
-    if any(_matrix_free(config, n) for n in ns):
+    if any(fock.sector_dimension(config.orbitals, n) > FOCK_DENSE_SOLVER_MAX for n in ns):
         warnings.warn(
             f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; a sector "
-            f"above FOCK_ASSEMBLED_MAX={FOCK_ASSEMBLED_MAX} determinants has no dense fallback, so these "
+            f"above FOCK_DENSE_SOLVER_MAX={FOCK_DENSE_SOLVER_MAX} determinants has no dense fallback, so these "
             "results are returned unconverged",
             RuntimeWarning,
             stacklevel=3,

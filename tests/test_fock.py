@@ -110,10 +110,12 @@ def test_out_of_range_electrons():
 # ----------------------------------------------------------------------------- matrix-free
 
 
-@pytest.mark.parametrize("k, n", [(1, 1), (3, 2), (4, 3), (5, 4), (5, 5), (6, 3)])
+@pytest.mark.parametrize("k, n", [(1, 1), (3, 2), (4, 3), (5, 4), (5, 5), (6, 3), (3, 5), (4, 7)])
 def test_matrix_free_product_diagonal_block_and_rdm1_equal_the_assembled_ones(k, n):
     # Oracle: the assembled Hamiltonian (itself checked against Jordan-Wigner and PySCF above).
     # The block is taken on random determinants, repeats included, and on all of them.
+    # (3, 5) and (4, 7) have more excitations per down string than per up string, so the
+    # opposite-spin product runs over the up strings; the other cases over the down strings.
     h1, eri = random_integrals(k, seed=3 * k + n)
     space, lists = fock.fock_space(k, n), fock.excitation_lists(k, n)
     assert lists.dimension == space.dimension

@@ -80,13 +80,14 @@ def test_traced_input_is_accepted_under_jit():
 
 
 def test_sectors_too_large_are_refused_before_any_work():
-    # K = 16, N = 6: C(16,3)^2 = 313 600 determinants, above FOCK_MAX_DIMENSION even matrix-free.
+    # K = 16, N = 7: C(16,4) C(16,3) = 1 019 200 determinants, above FOCK_MAX_DIMENSION even
+    # matrix-free (H x would hold 136 x 1 019 200 float64 numbers, 1.0 GiB, per vector).
     config = qdjax.EDConfig(orbitals=16)
-    assert qdjax.fock.sector_dimension(16, 6) > ed.FOCK_MAX_DIMENSION
-    with pytest.raises(ValueError, match="313600 determinants"):
-        ed.ground_state(GOOD, 6, config)
+    assert qdjax.fock.sector_dimension(16, 7) > ed.FOCK_MAX_DIMENSION
+    with pytest.raises(ValueError, match="1019200 determinants.*1.0 GiB per vector"):
+        ed.ground_state(GOOD, 7, config)
     ed.validate(GOOD, 4, config)  # 14 400 determinants: accepted, matrix-free
-    ed.validate(GOOD, 5, config)  # 67 200 determinants: accepted, matrix-free
+    ed.validate(GOOD, 6, config)  # 313 600 determinants: accepted, matrix-free
     # ... but not for the dense solver, which would assemble a 33.6 GiB matrix
     with pytest.raises(ValueError, match="67200 determinants.*eigensolver='auto'"):
         ed.validate(GOOD, 5, config.replace(eigensolver="dense"))
