@@ -289,6 +289,27 @@ def fci(h1e, eri, n_electrons: int, degeneracy_tol: float = 1e-6):
     return float(energies[ground].mean()), rdm1 / ground.sum()
 
 
+def sigma(h1e, eri, n_electrons: int, vectors) -> np.ndarray:
+    """H c of the ((N+1)//2, N//2) sector with PySCF, one column after another, as its FCI
+    Davidson forms it: ``direct_spin1.absorb_h1e`` once, then ``direct_spin1.contract_2e``.
+
+    Args:
+      h1e: float (K, K) eV. eri: float (K, K, K, K) eV, (pq|rs).
+      n_electrons: N >= 2 (N = 1 has no two-body part).
+      vectors: float (d, m), columns in PySCF's determinant order.
+    Returns:
+      (d, m) float64, eV times the vectors.
+    """
+    from pyscf.fci import cistring, direct_spin1
+
+    K = h1e.shape[0]
+    nelec = ((n_electrons + 1) // 2, n_electrons // 2)
+    shape = (cistring.num_strings(K, nelec[0]), cistring.num_strings(K, nelec[1]))
+    h2e = direct_spin1.absorb_h1e(np.asarray(h1e, np.float64), np.asarray(eri, np.float64), K, nelec, 0.5)
+    columns = [direct_spin1.contract_2e(h2e, v.reshape(shape), K, nelec).reshape(-1) for v in np.asarray(vectors).T]
+    return np.stack(columns, axis=1)
+
+
 def density(rdm1, U, A, L: float) -> np.ndarray:
     """Pixel-averaged ground-state density.
 
