@@ -27,6 +27,10 @@ the string Hamiltonians and, for the opposite-spin part, gathers over these list
 product per string with those columns, as direct CI does; `hamiltonian_diagonal`,
 `hamiltonian_block` (H among a few determinants, for the preconditioner) and
 `rdm1_from_lists` complete what the eigensolver needs.
+
+The functions that take a `FockSpace` or `ExcitationLists` are jitted with the tables as a
+static argument (both hash by (K, n_up, n_down), which determine them): an eager call
+compiles one program per sector and input shape, and inside a jitted caller they are inlined.
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+
+def _sector_hash(tables) -> int:
+    """Hash of a sector's host tables (`FockSpace`, `ExcitationLists`) by (K, n_up, n_down),
+    which determine them, so that functions take them as a static argument under jax.jit."""
+    return hash((type(tables).__name__, tables.orbitals, tables.n_up, tables.n_down))
+
+
+def _sector_eq(tables, other) -> bool:
+    return type(other) is type(tables) and (tables.orbitals, tables.n_up, tables.n_down) == (
+        other.orbitals, other.n_up, other.n_down)
 
 
 class FockSpace(NamedTuple):
@@ -59,6 +74,9 @@ class FockSpace(NamedTuple):
     strings_down: np.ndarray
     e_up: np.ndarray
     e_down: np.ndarray
+
+    __hash__ = _sector_hash
+    __eq__ = _sector_eq
 
     @property
     def dimension(self) -> int:
@@ -155,6 +173,7 @@ def _same_spin_block(e: jax.Array, k_flat: jax.Array, eri_flat: jax.Array) -> ja
     return one_body + 0.5 * jnp.einsum("xab,...xbc->...ac", e, m)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def hamiltonian(space: FockSpace, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     """Dense many-body Hamiltonian of the sector.
 
@@ -186,6 +205,7 @@ def hamiltonian(space: FockSpace, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     return full.reshape(full.shape[:-4] + (d, d))
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def rdm1(space: FockSpace, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
     """Spin-summed one-body density matrix of a mixture of states.
 
@@ -240,6 +260,9 @@ class ExcitationLists(NamedTuple):
     source_down: np.ndarray
     sign_down: np.ndarray
     occupation_down: np.ndarray
+
+    __hash__ = _sector_hash
+    __eq__ = _sector_eq
 
     @property
     def strings(self) -> tuple[int, int]:
@@ -358,6 +381,7 @@ class SectorOperator(NamedTuple):
     pair_columns: jax.Array
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def sector_operator(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) -> SectorOperator:
     """The `SectorOperator` of a sector: string Hamiltonians and the Coulomb columns the
     opposite-spin product needs. Built once per Hamiltonian, outside the eigensolver's loop.
@@ -402,6 +426,7 @@ def _opposite_spin(a: _Links, b: _Links, pair_of: jax.Array, pair_columns: jax.A
     return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def apply_operator(lists: ExcitationLists, operator: SectorOperator, x: ArrayLike) -> jax.Array:
     """H x for a `SectorOperator` H (from `sector_operator`), without assembling H.
 
@@ -440,6 +465,7 @@ def apply_operator(lists: ExcitationLists, operator: SectorOperator, x: ArrayLik
     return jax.lax.map(one, x.T).T
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def apply_hamiltonian(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, x: ArrayLike) -> jax.Array:
     """H x without assembling H: the many-body Hamiltonian of the sector times a block of
     vectors, ``apply_operator(lists, sector_operator(lists, h1, eri), x)``.
@@ -468,6 +494,7 @@ def _matches(links: _Links, targets: jax.Array, sources: jax.Array) -> jax.Array
     return jnp.where(hit, links.sign[targets][:, None, :], 0.0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def hamiltonian_block(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, indices: ArrayLike) -> jax.Array:
     """H restricted to a set of determinants, <I| H |J> for I, J in `indices`, without
     assembling H or applying it: the same-spin parts from the string Hamiltonians H_up and
@@ -501,6 +528,7 @@ def hamiltonian_block(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike, ind
     return jnp.where(same_b, h_up, 0.0) + jnp.where(same_a, h_down, 0.0) + cross
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def hamiltonian_diagonal(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) -> jax.Array:
     """Diagonal of the sector Hamiltonian, (d,) eV, by the Slater-Condon rule for a determinant:
     sum_{p occ} h_pp + 1/2 sum_{p, q occ} [(pp|qq) - delta_spin (pq|qp)].
@@ -528,6 +556,7 @@ def hamiltonian_diagonal(lists: ExcitationLists, h1: ArrayLike, eri: ArrayLike) 
     return diag.reshape(-1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLike) -> jax.Array:
     """`rdm1` from the sparse tables: gamma_pq = sum_s w_s <c_s| E_pq |c_s>, (K, K).
 
