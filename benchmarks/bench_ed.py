@@ -29,6 +29,7 @@ Command (results as JSON on stdout's last line and in --json):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -261,8 +262,8 @@ def _product_times(ints, orbitals: int, n: int, columns: int = 4, repeats: int =
     same integrals and vectors, medians of `repeats` calls, interleaved. The two string
     orders differ; the agreement of the products is tested in tests/test_fock.py."""
     lists = fock.excitation_lists(orbitals, n)
-    operator = jax.jit(lambda h1, eri: fock.sector_operator(lists, h1, eri))(ints.h1, ints.eri)
-    apply = jax.jit(lambda op, x: fock.apply_operator(lists, op, x))
+    operator = fock.sector_operator(lists, ints.h1, ints.eri)
+    apply = functools.partial(fock.apply_operator, lists)  # jitted, lists static
     x = np.random.default_rng(0).normal(size=(lists.dimension, columns))
     xj = jnp.asarray(x)
     h1, eri = np.asarray(ints.h1), np.asarray(ints.eri)

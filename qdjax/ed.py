@@ -163,7 +163,7 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
             f"FOCK_MAX_DIMENSION={FOCK_MAX_DIMENSION} are refused (the matrix-free H x would hold "
             f"{8 * pairs * dimension / 2**30:.1f} GiB per vector in float64): use fewer orbitals"
         )
-    if dimension > FOCK_DENSE_SOLVER_MAX and config.eigensolver == "dense":
+    if config.eigensolver == "dense" and not _dense_fits(config, int(n_electrons)):
         raise ValueError(
             f"N={n_electrons} in {config.orbitals} orbitals has {dimension} determinants: the dense solver "
             f"would assemble a {8 * dimension**2 / 2**30:.1f} GiB matrix "
@@ -283,6 +283,12 @@ class _SectorApply:
 
     def __call__(self, operator, x):
         return fock.apply_operator(fock.excitation_lists(self.orbitals, self.n_electrons), operator, x)
+
+
+def _dense_fits(config: EDConfig, n_electrons: int) -> bool:
+    """Whether the dense solver may assemble the sector (at most FOCK_DENSE_SOLVER_MAX
+    determinants)."""
+    return fock.sector_dimension(config.orbitals, n_electrons) <= FOCK_DENSE_SOLVER_MAX
 
 
 def _matrix_free(config: EDConfig, n_electrons: int) -> bool:
@@ -439,7 +445,7 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
     if bad.size == 0:
         return out
-    if any(fock.sector_dimension(config.orbitals, n) > FOCK_DENSE_SOLVER_MAX for n in ns):
+    if not all(_dense_fits(config, n) for n in ns):
         warnings.warn(
             f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; a sector "
             f"above FOCK_DENSE_SOLVER_MAX={FOCK_DENSE_SOLVER_MAX} determinants has no dense fallback, so these "
