@@ -6,11 +6,41 @@ import os
 # otherwise reserve most of the card's memory before the other starts.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import qdjax  # noqa: E402
 from qdjax import potentials  # noqa: E402
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One persistent compilation cache per test run, shared by the xdist workers and the
+    `qdjax` subprocesses the tests start (they inherit the environment): a program that
+    several tests or processes compile (the paper-size ED, the training step of the CLI
+    runs) is compiled once per run. Most of the suite's time is compilation; this saves
+    about 80 s of 590 s on 2 cores. A fresh, empty directory per run, deleted at the end,
+    so nothing compiled by an earlier run (or another checkout) is ever loaded. A cache
+    directory set by the caller is used as it is and kept."""
+    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
+        return  # an xdist worker (inherits the controller's setting) or the caller's own cache
+    path = tempfile.mkdtemp(prefix="qdjax-test-jit-cache-")
+    config._qdjax_jit_cache = path
+    os.environ[_CACHE_ENV] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", path)  # jax was imported before this hook
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_qdjax_jit_cache", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

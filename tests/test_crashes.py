@@ -52,7 +52,8 @@ def test_training_killed_at_random_points_resumes_to_the_same_result(dataset, tm
     for attempt in range(3):
         proc = subprocess.Popen(train_command(dataset, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Kill once a checkpoint exists (first attempt) or after a random delay (later ones): during
-        # start-up, compilation, a training step or a checkpoint write.
+        # start-up, compilation (or its read from the run's compilation cache, see conftest.py), a
+        # training step or a checkpoint write.
         deadline = time.monotonic() + (120 if attempt == 0 else rng.uniform(2.0, 12.0))
         while time.monotonic() < deadline and proc.poll() is None:
             if attempt == 0 and (out / "checkpoints").exists() and any(p.name.isdigit() for p in (out / "checkpoints").iterdir()):
