@@ -203,3 +203,24 @@ def test_training_steps_agree(setup, tp):
                     if not bool(tiny.all()):
                         assert float(diff[~tiny].max()) < 1e-6
                     assert float(diff.max()) <= 2.01 * config.learning_rate
+
+
+@pytest.mark.slow
+def test_benchmark_workers_time_both_frameworks(tp):
+    # The benchmark's protocol end to end at the smallest setting: one worker process per
+    # framework (and the allocator-tuned PyTorch worker), the same steps per round, rates
+    # from the workers' own clocks.
+    bench = _load("bench_train")
+    r = bench.bench_case(
+        "authors", 1, repeats=2, steps=2, warmup=1, min_round_s=0.0, torch_compile=False, threads=1,
+        torch_single_thread=True, torch_malloc=True, pause_s=0.0,
+    )
+    assert r["processes"] == "one per framework"
+    assert set(r["steps_per_s"]) == {"qdjax", "torch", "torch_1thread", "torch_malloc"}
+    assert all(len(v) == 2 and min(v) > 0 for v in r["steps_per_s_all"].values())
+    assert r["ratio_qdjax_over_best_torch"] == pytest.approx(
+        r["steps_per_s"]["qdjax"] / max(v for k, v in r["steps_per_s"].items() if k != "qdjax")
+    )
+    with pytest.raises(ValueError, match="worker process"):
+        bench.bench_case("authors", 1, repeats=1, steps=1, warmup=1, min_round_s=0.0, torch_compile=False,
+                         threads=1, torch_single_thread=False, torch_malloc=True, in_process=True)
