@@ -16,9 +16,10 @@ faster framework would be shorter than `--min-round-s`) of one framework and the
 other (the order alternates between rounds, so a change of machine load hits both; each
 round starts after `--pause-s` idle seconds); the reported rate is the median over rounds
 of steps / wall time, timed inside the worker. A qdjax round ends with
-``jax.block_until_ready`` on the state, so asynchronous dispatch cannot hide work. The step is `qdjax.ml.train.make_train_step` as
-`qdjax.ml.train.fit` calls it; the PyTorch step is `torch_pix2pix.Pix2PixTrainer` (eager,
-and with ``--torch-compile`` also under ``torch.compile``).
+``jax.block_until_ready`` on the state, so asynchronous dispatch cannot hide work. The step
+is `qdjax.ml.train.make_train_step` as `qdjax.ml.train.fit` calls it; the PyTorch step is
+`torch_pix2pix.Pix2PixTrainer` (eager, and with ``--torch-compile`` also under
+``torch.compile``).
 
 Threads: both frameworks get the same number of threads (``--threads``, default: the CPUs
 this process may run on). PyTorch: ``torch.set_num_threads``; with ``--torch-single-thread``
@@ -60,7 +61,7 @@ def _cpu_model() -> str:
 #: glibc malloc settings of the ``--torch-malloc`` worker: no mmap for large blocks and no
 #: trimming, so that freed activation and gradient buffers are reused without new page
 #: faults. Eager PyTorch allocates and frees them every step; on the KVM machines of
-#: docs/benchmarks.md the first touch of fresh pages made it up to 1.7x slower.
+#: docs/benchmarks.md the first touch of fresh pages made it about 1.7x slower.
 TORCH_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
@@ -221,9 +222,14 @@ def bench_case(
         for f in frameworks.values():
             if isinstance(f, _Remote):
                 f.close()
+    from qdjax.ml import experiment
+
+    config = experiment.pix2pix_config(widths, "image70", batch)
     out = {
         "widths": widths,
         "batch": batch,
+        "generator_filters": list(config.generator.filters),
+        "discriminator_filters": list(config.discriminator.filters),
         "processes": "one" if in_process else "one per framework",
         "first_call_s": first,
         "steps_per_round": steps,
@@ -267,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--torch-malloc", action="store_true",
-        help="also time eager PyTorch in a worker whose glibc allocator keeps freed memory (TORCH_MALLOC_ENV)",
+        help="also time eager PyTorch in a worker whose glibc allocator keeps freed memory "
+        "(TORCH_MALLOC_ENV)",
     )
     parser.add_argument(
         "--in-process", action="store_true",
@@ -343,8 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
                 widths, b, repeats=args.repeats, steps=args.steps, warmup=args.warmup,
                 min_round_s=args.min_round_s, torch_compile=args.torch_compile, threads=args.threads,
                 torch_single_thread=args.torch_single_thread, torch_malloc=args.torch_malloc,
-                in_process=args.in_process,
-                pause_s=args.pause_s, seed=args.seed,
+                in_process=args.in_process, pause_s=args.pause_s, seed=args.seed,
             )
             results.append(r)
             rate = r["steps_per_s"]
