@@ -69,8 +69,8 @@ def _framework(name: str, widths: str, batch: int, threads: int, seed: int):
     """Sets up one framework's training step on the benchmark's data and initial weights.
 
     `name`: "qdjax", "torch" (eager) or "torch_compile". Returns (first_call_s, run), where
-    ``run(n, n_threads)`` trains n consecutive steps and returns only when they are done
-    (``jax.block_until_ready`` for qdjax). Both frameworks draw the same [-1, 1] images from
+    ``run(n, n_threads)`` trains n consecutive steps and returns their wall time in seconds,
+    measured once they are done (``jax.block_until_ready`` for qdjax). Both frameworks draw the same [-1, 1] images from
     `seed` and start from the same weights (the qdjax ones, copied into the PyTorch modules).
     """
     import jax
@@ -94,9 +94,11 @@ def _framework(name: str, widths: str, batch: int, threads: int, seed: int):
 
         def run(n, n_threads):  # XLA's pool is sized at start-up; n_threads is fixed
             nonlocal state
+            t = time.perf_counter()
             for _ in range(n):
                 state, metrics = step(state, batch_j, key)
             jax.block_until_ready((state, metrics))
+            return time.perf_counter() - t
 
         return first, run
 
@@ -116,8 +118,10 @@ def _framework(name: str, widths: str, batch: int, threads: int, seed: int):
 
     def run(n, n_threads):
         torch.set_num_threads(n_threads)
+        t = time.perf_counter()
         for _ in range(n):
             trainer.step(x_t, y_t)
+        return time.perf_counter() - t
 
     return first, run
 
@@ -133,9 +137,7 @@ def _worker(name: str, widths: str, batch: int, threads: int, seed: int) -> None
     print(json.dumps({"first_call_s": first}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
-        t = time.perf_counter()
-        run(cmd["steps"], cmd["threads"])
-        print(json.dumps({"s": time.perf_counter() - t}), flush=True)
+        print(json.dumps({"s": run(cmd["steps"], cmd["threads"])}), flush=True)
 
 
 class _Remote:
@@ -195,19 +197,18 @@ def bench_case(
         raise ValueError("torch_malloc needs one worker process per framework (not in_process)")
     names = ["qdjax", "torch"] + (["torch_compile"] if torch_compile else [])
     names += ["torch_malloc"] if torch_malloc else []
-    frameworks, first = {}, {}
+    runs, first, remotes = {}, {}, []
     try:
         for name in names:
             if in_process:
-                first[name], run = _framework(name, widths, batch, threads, seed)
-                frameworks[name] = run
+                first[name], runs[name] = _framework(name, widths, batch, threads, seed)
             else:
                 kind, env = ("torch", TORCH_MALLOC_ENV) if name == "torch_malloc" else (name, None)
-                remote = _Remote(kind, widths, batch, threads, seed, env)
-                first[name], frameworks[name] = remote.first_call_s, remote
-        runners = {name: (lambda n, f=f: _timed(f, n, threads)) for name, f in frameworks.items()}
+                remotes.append(_Remote(kind, widths, batch, threads, seed, env))
+                first[name], runs[name] = remotes[-1].first_call_s, remotes[-1].run
+        runners = {name: (lambda n, run=run: run(n, threads)) for name, run in runs.items()}
         if torch_single_thread:
-            runners["torch_1thread"] = lambda n: _timed(frameworks["torch"], n, 1)
+            runners["torch_1thread"] = lambda n: runs["torch"](n, 1)
         warmup = max(warmup, 1)
         warm = {name: run(warmup) / warmup for name, run in runners.items()}
         # same number of steps per round for every framework, and rounds of >= min_round_s
@@ -219,9 +220,8 @@ def bench_case(
                 time.sleep(pause_s)
                 rates[name].append(steps / runners[name](steps))
     finally:
-        for f in frameworks.values():
-            if isinstance(f, _Remote):
-                f.close()
+        for remote in remotes:
+            remote.close()
     from qdjax.ml import experiment
 
     config = experiment.pix2pix_config(widths, "image70", batch)
@@ -243,15 +243,6 @@ def bench_case(
     if torch_compile:
         out["ratio_qdjax_over_torch_compile"] = rate["qdjax"] / rate["torch_compile"]
     return out
-
-
-def _timed(framework, n, n_threads) -> float:
-    """Seconds for n steps: measured in the worker for a `_Remote`, here otherwise."""
-    if isinstance(framework, _Remote):
-        return framework.run(n, n_threads)
-    t = time.perf_counter()
-    framework(n, n_threads)
-    return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> dict:
