@@ -207,12 +207,18 @@ def lobpcg(
     conjugate gradient method (A. V. Knyazev, SIAM J. Sci. Comput. 23, 517 (2001)).
 
     Each iteration costs one product of H with W, the preconditioned residuals of the first
-    n_expand pairs (orthogonalised once against X); the other columns are improved through the
+    n_expand pairs (projected once against X and P); the other columns are improved through the
     Rayleigh-Ritz step only, which keeps that step at 2 k + n_expand columns. The
     products H X and H P are carried along (updated with the Ritz coefficients), never
     recomputed; the blocks live in two buffers S = [X, P, W] and HS = [HX, HP, HW], updated in
     place. Rayleigh-Ritz on span(S) uses the Cholesky factor of the Gram matrix and one
-    eigendecomposition (`_rayleigh_ritz_gram`; no QR). Iterates inside `lax.while_loop` until
+    eigendecomposition (`_rayleigh_ritz_gram`). P is not each column's last step but an
+    orthonormal basis of the steps' part outside the new X, among the other Ritz directions
+    (a QR of a (k + n_expand, k) coefficient matrix; J. A. Duersch, M. Shao, C. Yang and M. Gu,
+    SIAM J. Sci. Comput. 40, C655 (2018)): the same span, but once a column has converged to
+    rounding its step is rounding noise, the H P carried along with such a P no longer matches
+    H times P, and Rayleigh-Ritz mixed those wrong directions back into X (8 of 1000 paper
+    potentials, docs/benchmarks.md). Iterates inside `lax.while_loop` until
     the first `n_target` residual norms are <= tol or `max_iterations` is reached; under
     `jax.vmap` every lane stops updating once it has converged (the loop runs until the slowest
     lane is done).
@@ -228,7 +234,7 @@ def lobpcg(
       max_iterations: upper bound on iterations.
       n_expand: columns whose residuals expand the search space, n_target <= n_expand <= k
         (default k, the standard method). n_expand = n_target saves work per iteration at a few
-        more iterations; measured robust in float64, not at float32 rounding.
+        more iterations.
 
     Returns:
       Eigenpairs (values and vectors of all k columns; residuals of the first n_target tell
@@ -257,16 +263,24 @@ def lobpcg(
         s, hs, theta, _, it = state
         x, hx = s[:, :k], hs[:, :k]
         w = precondition(hx[:, :t] - x[:, :t] * theta[None, :t], theta[:t])
-        w = w - x @ (_transposed(x) @ w)
+        xp = s[:, :2 * k]
+        w = w - xp @ (_transposed(xp) @ w)
         s = jax.lax.dynamic_update_slice(s, w, (0, 2 * k))
         hs = jax.lax.dynamic_update_slice(hs, apply_h(w), (0, 2 * k))
         st = _transposed(s)
-        theta, c = _rayleigh_ritz_gram(st @ s, st @ hs, k)
-        # [X, P] = S [c, c without its X rows]: P is the P and W part of the update.
-        update = jnp.concatenate([c, c.at[:k].set(0.0)], axis=1)
+        gram = st @ s
+        theta, c = _rayleigh_ritz_gram(gram, st @ hs, 2 * k + t)
+        # New X = S c_X. New P: the P and W part of the step, S c_X without its X rows, taken
+        # outside the new X (onto the other Ritz directions c_rest, orthonormal in the metric
+        # of the Gram matrix) and orthonormalised there: same span as [X, step], and P and
+        # H P stay consistent to rounding however small the step has become.
+        c_x, c_rest = c[:, :k], c[:, k:]
+        q, _ = jnp.linalg.qr(_transposed(c_rest) @ (gram @ c_x.at[:k].set(0.0)))
+        update = jnp.concatenate([c_x, c_rest @ q], axis=1)
         xp, hxp = s @ update, hs @ update
         s = jax.lax.dynamic_update_slice(s, xp, (0, 0))
         hs = jax.lax.dynamic_update_slice(hs, hxp, (0, 0))
+        theta = theta[:k]
         return s, hs, theta, residual_norms(xp, hxp, theta), it + 1
 
     state = (s, hs, theta, residual_norms(x, hx, theta), jnp.int32(0))
