@@ -33,6 +33,9 @@ table in y, gives one basis x basis block per x frequency,
 
 and <V> X = S^T_x K S_x X: two (M/2) x basis products and one batch of basis x basis products
 per column, half the work of the spectral form, after the K_xi are built once per potential.
+Since L A[j, n, n'] = C[j, |n - n'|] - C[j, n + n'], the blocks are a Toeplitz minus a Hankel
+matrix of U = Phi^T V C: K_xi[n, n'] = (4 / M) / L^2 (U[xi, |n - n'|] - U[xi, n + n']), read
+off a (M/2 - 1) x (2 basis + 1) product instead of a product with the whole pixel table.
 
 Host tables are NumPy float64, built once per configuration (functools.lru_cache; they depend
 only on the static configuration) and marked read-only.
@@ -219,11 +222,11 @@ def potential_kernels(V: ArrayLike, config: EDConfig) -> jax.Array:
     V = jnp.asarray(V)
     b = config.basis
     phi, _ = sine_transform_tables(config.length_nm, config.grid, b)
-    a = overlap_table(config.length_nm, config.grid, b)
-    phi_t = jnp.asarray(phi.T, dtype=V.dtype)
-    a = jnp.asarray(a.reshape(config.grid, b * b), dtype=V.dtype)
-    k = (phi_t @ V @ a) / (b * config.length_nm)  # (4 / M) / L with M = 4 basis
-    return k.reshape(k.shape[:-1] + (b, b))
+    c = cosine_integrals(config.length_nm, config.grid, b)
+    u = jnp.asarray(phi.T, dtype=V.dtype) @ V @ jnp.asarray(c, dtype=V.dtype)  # (..., xi, 2 b + 1), eV nm^2
+    n = np.arange(1, b + 1)
+    toeplitz, hankel = np.abs(n[:, None] - n[None, :]), n[:, None] + n[None, :]
+    return (u[..., toeplitz] - u[..., hankel]) / (b * config.length_nm**2)  # (4 / M) / L^2, M = 4 basis
 
 
 def apply_potential_kernels(kernels: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.Array:

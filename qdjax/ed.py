@@ -220,21 +220,17 @@ def _integrals(V: jax.Array, config: EDConfig) -> tuple[Integrals, jax.Array]:
 def _orbitals_and_h1(V: jax.Array, config: EDConfig):
     """Single-particle stage: (Orbitals, h1 = U^T H0 U, converged)."""
     if _iterative_orbitals(config):
-        orbitals, residuals = single_particle.solve_iterative(V, config)
-        c = orbitals.coefficients
-        h0c = single_particle.apply_hamiltonian(V, c, config)
+        orbitals, h1, residuals = single_particle.solve_iterative_h1(V, config)
         converged = jnp.max(residuals) <= single_particle.RESIDUAL_TOL_EV[config.dtype]
-    else:
-        h0 = single_particle.hamiltonian(V, config)
-        orbitals = single_particle.diagonalize(h0, config)
-        c = orbitals.coefficients
-        h0c = h0 @ c
-        converged = jnp.ones(V.shape[:-2], dtype=bool)
+        return orbitals, h1, converged
+    h0 = single_particle.hamiltonian(V, config)
+    orbitals = single_particle.diagonalize(h0, config)
+    c = orbitals.coefficients
     # U^T H0 U equals diag(orbital energies), but unlike diag(energies) its derivative keeps
     # the coupling inside degenerate levels that the eigenvector derivative leaves out.
-    h1 = jnp.einsum("...ap,...aq->...pq", c, h0c)
+    h1 = jnp.einsum("...ap,...aq->...pq", c, h0 @ c)
     h1 = 0.5 * (h1 + jnp.swapaxes(h1, -1, -2))
-    return orbitals, h1, converged
+    return orbitals, h1, jnp.ones(V.shape[:-2], dtype=bool)
 
 
 def _ground_manifold(w: jax.Array, tol: float) -> jax.Array:

@@ -83,19 +83,22 @@ def _eigh(h: jax.Array):
 
 
 class Eigenpairs(NamedTuple):
-    """Result of `lobpcg`.
+    """Result of `lobpcg` and `davidson`.
 
     values: (k,) Ritz values, ascending.
     vectors: (n, k) orthonormal Ritz vectors.
     residuals: (k,) norms ||H x - theta x|| (unit of H) of the first n_expand pairs (see
       `lobpcg`), 0 for the others.
     iterations: int32 scalar, block products with H after the first.
+    products: (n, k) H @ vectors (unit of H), carried along by the iteration (equal to a
+      fresh product up to rounding).
     """
 
     values: jax.Array
     vectors: jax.Array
     residuals: jax.Array
     iterations: jax.Array
+    products: jax.Array
 
 
 def _rayleigh_ritz(basis_vectors: jax.Array, h_basis: jax.Array, k: int):
@@ -206,15 +209,16 @@ def lobpcg(
     """Lowest eigenpairs of a symmetric operator by the locally optimal block preconditioned
     conjugate gradient method (A. V. Knyazev, SIAM J. Sci. Comput. 23, 517 (2001)).
 
-    Each iteration costs one product of H with W, the preconditioned residuals of the first
-    n_expand pairs (projected once against X and P); the other columns are improved through the
-    Rayleigh-Ritz step only, which keeps that step at 2 k + n_expand columns. The
-    products H X and H P are carried along (updated with the Ritz coefficients), never
-    recomputed; the blocks live in two buffers S = [X, P, W] and HS = [HX, HP, HW], updated in
-    place. Rayleigh-Ritz on span(S) uses the Cholesky factor of the Gram matrix and one
-    eigendecomposition (`_rayleigh_ritz_gram`). P is not each column's last step but an
-    orthonormal basis of the steps' part outside the new X, among the other Ritz directions
-    (a QR of a (k + n_expand, k) coefficient matrix; J. A. Duersch, M. Shao, C. Yang and M. Gu,
+    Only the first n_expand pairs carry a search direction: each iteration costs one product
+    of H with W, their preconditioned residuals (projected once against X and P), and P holds
+    their last steps; the other columns of X are improved through the Rayleigh-Ritz step only,
+    which keeps that step at k + 2 n_expand columns. The products H X and H P are carried
+    along (updated with the Ritz coefficients), never recomputed; the blocks live in two
+    buffers S = [X, P, W] and HS = [HX, HP, HW], updated in place. Rayleigh-Ritz on span(S)
+    uses the Cholesky factor of the Gram matrix and one eigendecomposition
+    (`_rayleigh_ritz_gram`). P is not each column's last step but an orthonormal basis of the
+    steps' part outside the new X, among the other Ritz directions (a QR of a
+    (2 n_expand, n_expand) coefficient matrix; J. A. Duersch, M. Shao, C. Yang and M. Gu,
     SIAM J. Sci. Comput. 40, C655 (2018)): the same span, but once a column has converged to
     rounding its step is rounding noise, the H P carried along with such a P no longer matches
     H times P, and Rayleigh-Ritz mixed those wrong directions back into X (8 of 1000 paper
@@ -232,9 +236,9 @@ def lobpcg(
       n_target: the first n_target pairs must meet tol.
       tol: residual norm threshold, unit of H.
       max_iterations: upper bound on iterations.
-      n_expand: columns whose residuals expand the search space, n_target <= n_expand <= k
-        (default k, the standard method). n_expand = n_target saves work per iteration at a few
-        more iterations.
+      n_expand: columns with a search direction (residual and last step), n_target <=
+        n_expand <= k (default k, the standard method). n_expand = n_target saves work per
+        iteration at a few more iterations.
 
     Returns:
       Eigenpairs (values and vectors of all k columns; residuals of the first n_target tell
@@ -247,9 +251,10 @@ def lobpcg(
     hx0 = apply_h(x0)
     theta, c = _rayleigh_ritz(x0, hx0, k)
     x, hx = x0 @ c, hx0 @ c
-    # Columns of S (and HS): X 0:k, P k:2k (0 before the first step), W 2k:2k+t.
-    s = jnp.zeros((n, 2 * k + t), x.dtype).at[:, :k].set(x)
-    hs = jnp.zeros((n, 2 * k + t), x.dtype).at[:, :k].set(hx)
+    # Columns of S (and HS): X 0:k, P k:k+t (0 before the first step), W k+t:k+2t.
+    m = k + 2 * t
+    s = jnp.zeros((n, m), x.dtype).at[:, :k].set(x)
+    hs = jnp.zeros((n, m), x.dtype).at[:, :k].set(hx)
 
     def residual_norms(x, hx, theta):
         r = jnp.linalg.norm(hx[:, :t] - x[:, :t] * theta[None, :t], axis=0)
@@ -263,19 +268,20 @@ def lobpcg(
         s, hs, theta, _, it = state
         x, hx = s[:, :k], hs[:, :k]
         w = precondition(hx[:, :t] - x[:, :t] * theta[None, :t], theta[:t])
-        xp = s[:, :2 * k]
+        xp = s[:, :k + t]
         w = w - xp @ (_transposed(xp) @ w)
-        s = jax.lax.dynamic_update_slice(s, w, (0, 2 * k))
-        hs = jax.lax.dynamic_update_slice(hs, apply_h(w), (0, 2 * k))
+        s = jax.lax.dynamic_update_slice(s, w, (0, k + t))
+        hs = jax.lax.dynamic_update_slice(hs, apply_h(w), (0, k + t))
         st = _transposed(s)
         gram = st @ s
-        theta, c = _rayleigh_ritz_gram(gram, st @ hs, 2 * k + t)
-        # New X = S c_X. New P: the P and W part of the step, S c_X without its X rows, taken
-        # outside the new X (onto the other Ritz directions c_rest, orthonormal in the metric
-        # of the Gram matrix) and orthonormalised there: same span as [X, step], and P and
-        # H P stay consistent to rounding however small the step has become.
+        theta, c = _rayleigh_ritz_gram(gram, st @ hs, m)
+        # New X = S c_X. New P: the P and W part of the first t columns' step, S c_X without
+        # its X rows, taken outside the new X (onto the other Ritz directions c_rest,
+        # orthonormal in the metric of the Gram matrix) and orthonormalised there: same span
+        # as [X, step], and P and H P stay consistent to rounding however small the step has
+        # become.
         c_x, c_rest = c[:, :k], c[:, k:]
-        q, _ = jnp.linalg.qr(_transposed(c_rest) @ (gram @ c_x.at[:k].set(0.0)))
+        q, _ = jnp.linalg.qr(_transposed(c_rest) @ (gram @ c_x[:, :t].at[:k].set(0.0)))
         update = jnp.concatenate([c_x, c_rest @ q], axis=1)
         xp, hxp = s @ update, hs @ update
         s = jax.lax.dynamic_update_slice(s, xp, (0, 0))
@@ -284,8 +290,8 @@ def lobpcg(
         return s, hs, theta, residual_norms(xp, hxp, theta), it + 1
 
     state = (s, hs, theta, residual_norms(x, hx, theta), jnp.int32(0))
-    s, _, theta, res, it = jax.lax.while_loop(cond, body, state)
-    return Eigenpairs(theta, s[:, :k], res, it)
+    s, hs, theta, res, it = jax.lax.while_loop(cond, body, state)
+    return Eigenpairs(theta, s[:, :k], res, it, hs[:, :k])
 
 
 def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
@@ -346,7 +352,8 @@ def davidson(
 
     Returns:
       Eigenpairs: the k lowest Ritz pairs, the residual norms of the first n_target (0 for the
-      others) and the iterations (blocks of products after the first).
+      others), the iterations (blocks of products after the first) and H times the Ritz
+      vectors.
     """
     n, k = x0.shape
     t = n_target
@@ -400,8 +407,8 @@ def davidson(
 
     theta, y = _rayleigh_ritz_gram(g, a, k)
     state = (v, hv, a, g, jnp.int32(k), theta, y, y[:, :t], *residuals(v, hv, theta, y), zero)
-    v, _, _, _, _, theta, y, _, _, res, it = jax.lax.while_loop(cond, body, state)
-    return Eigenpairs(theta, v @ y, res, it)
+    v, hv, _, _, _, theta, y, _, _, res, it = jax.lax.while_loop(cond, body, state)
+    return Eigenpairs(theta, v @ y, res, it, hv @ y)
 
 
 def pcg(

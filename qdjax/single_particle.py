@@ -8,8 +8,9 @@ Two solvers give the same orbitals:
 
 - `solve` / `diagonalize`: dense symmetric eigendecomposition of the basis^2 x basis^2 matrix
   (the reference; O(basis^6)).
-- `solve_iterative`: LOBPCG (qdjax.linalg.lobpcg) on the matrix-free H0 X = T X + <V> X
-  (qdjax.basis.apply_potential_kernels, O(basis^3) per column, with the blocks of
+- `solve_iterative` (and `solve_iterative_h1`, which also returns h1 = U^T H0 U from the
+  products H0 U the iteration carries): LOBPCG (qdjax.linalg.lobpcg) on the matrix-free
+  H0 X = T X + <V> X (qdjax.basis.apply_potential_kernels, O(basis^3) per column, with the blocks of
   qdjax.basis.potential_kernels built once per potential), started from and preconditioned by the
   exact solution in the `COARSE_MODES` lowest kinetic modes (block Jacobi: the coarse block of
   H0 inverted exactly, (T + mean(V) - sigma)^-1 on the other modes). Its derivative is written
@@ -154,7 +155,8 @@ def _apply_h0(setup: _Setup, x: jax.Array, config: EDConfig) -> jax.Array:
 
 
 def _lobpcg(V: jax.Array, config: EDConfig):
-    """Lowest K eigenpairs by LOBPCG; returns (energies, coefficients, residuals, setup)."""
+    """Lowest K eigenpairs by LOBPCG; returns (energies, coefficients, H0 coefficients,
+    residuals, setup)."""
     k = config.orbitals
     block = k + guard_vectors(k)
     modes = _coarse_modes(config.length_nm, config.basis, config.m_eff, COARSE_MODES)
@@ -181,20 +183,24 @@ def _lobpcg(V: jax.Array, config: EDConfig):
         max_iterations=MAX_ITERATIONS,
         n_expand=k,
     )
-    return result.values[:k], result.vectors[:, :k], result.residuals[:k], setup
+    return result.values[:k], result.vectors[:, :k], result.products[:, :k], result.residuals[:k], setup
+
+
+def _symmetric(a: jax.Array) -> jax.Array:
+    return 0.5 * (a + a.T)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _lowest(V: jax.Array, config: EDConfig):
-    w, u, residuals, _ = _lobpcg(V, config)
-    return w, u, residuals
+    w, u, hu, residuals, _ = _lobpcg(V, config)
+    return w, u, _symmetric(u.T @ hu), residuals
 
 
 @_lowest.defjvp
 def _lowest_jvp(config, primals, tangents):
     (V,) = primals
     (dV,) = tangents
-    w, u, residuals, setup = _lobpcg(V, config)
+    w, u, hu, residuals, setup = _lobpcg(V, config)
     modes = _coarse_modes(config.length_nm, config.basis, config.m_eff, COARSE_MODES)
     k = config.orbitals
     # First order: dH0 u_k through the same matrix-free product.
@@ -236,7 +242,9 @@ def _lowest_jvp(config, primals, tangents):
     rhs = -(dhu - u @ omega)
     y = jax.lax.custom_linear_solve(matvec, rhs, solve, symmetric=True)
     du = u @ (f * omega) + y
-    return (w, u, residuals), (dw, du, jnp.zeros_like(residuals))
+    # h1 = U^T H0 U: dh1 = dU^T H0 U + U^T dH0 U + U^T H0 dU, with H0 U carried by LOBPCG.
+    dh1 = _symmetric(omega + 2.0 * (du.T @ hu))
+    return (w, u, _symmetric(u.T @ hu), residuals), (dw, du, dh1, jnp.zeros_like(residuals))
 
 
 def solve_iterative(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Array]:
@@ -251,13 +259,32 @@ def solve_iterative(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Array
       <= RESIDUAL_TOL_EV[config.dtype]. Each orbital's largest coefficient is positive (its
       sign is otherwise arbitrary, and so is the basis inside a degenerate level).
     """
+    orbitals, _, residuals = solve_iterative_h1(V, config)
+    return orbitals, residuals
+
+
+def solve_iterative_h1(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Array, jax.Array]:
+    """`solve_iterative` and the one-body matrix h1 = U^T H0 U of the orbitals.
+
+    h1 equals diag(energies) up to the residuals, but unlike diag(energies) its derivative
+    keeps the coupling inside degenerate levels that the orbitals' derivative leaves out. It
+    comes from the products H0 U that LOBPCG carries, so it costs no product with H0.
+
+    Args:
+      V: float array (grid, grid), eV (one potential; use jax.vmap for a batch).
+      config: static settings; `iterative_supported(config)` must hold.
+
+    Returns:
+      (Orbitals, h1, residuals): h1 (K, K) eV, symmetric, in the orbitals' signs; residuals
+      as in `solve_iterative`.
+    """
     V = jnp.asarray(V)
-    w, u, residuals = _lowest(V, config)
+    w, u, h1, residuals = _lowest(V, config)
     # Sign convention: the largest coefficient of each orbital is positive, so that the output
     # does not depend on the iteration count (each Rayleigh-Ritz step picks signs anew).
-    peak = jnp.take_along_axis(u, jnp.argmax(jnp.abs(u), axis=0)[None, :], axis=0)
-    u = u * jax.lax.stop_gradient(jnp.where(peak < 0, -1.0, 1.0)).astype(u.dtype)
-    return Orbitals(w, u), residuals
+    peak = jnp.take_along_axis(u, jnp.argmax(jnp.abs(u), axis=0)[None, :], axis=0)[0]
+    sign = jax.lax.stop_gradient(jnp.where(peak < 0, -1.0, 1.0)).astype(u.dtype)
+    return Orbitals(w, u * sign[None, :]), sign[:, None] * h1 * sign[None, :], residuals
 
 
 def apply_hamiltonian(V: ArrayLike, X: ArrayLike, config: EDConfig) -> jax.Array:

@@ -123,10 +123,14 @@ def test_rayleigh_ritz_gram_equals_projected_eigh(case):
 
 
 def _check_orbitals_against_dense(V, config):
-    it, residuals = jax.jit(jax.vmap(lambda v: single_particle.solve_iterative(v, config)))(V)
+    # Also h1, from the products H0 U that LOBPCG carries: equal to U^T H0 U with the
+    # assembled matrix.
+    it, h1, residuals = jax.jit(jax.vmap(lambda v: single_particle.solve_iterative_h1(v, config)))(V)
     dense = jax.jit(jax.vmap(lambda v: single_particle.solve(v, config)))(V)
     assert float(residuals.max()) <= single_particle.RESIDUAL_TOL_EV["float64"]
     np.testing.assert_allclose(it.energies, dense.energies, atol=1e-12)
+    h0 = jax.jit(jax.vmap(lambda v: single_particle.hamiltonian(v, config)))(V)
+    np.testing.assert_allclose(h1, jnp.einsum("bip,bij,bjq->bpq", it.coefficients, h0, it.coefficients), atol=1e-12)
     proj = lambda c: jnp.einsum("bip,bjp->bij", c, c)
     assert float(jnp.abs(proj(it.coefficients) - proj(dense.coefficients)).max()) < 1e-9
 
