@@ -47,9 +47,9 @@ COARSE_MODES = 64
 #: gives orbital energies to ~1e-15 eV and orbitals to ~1e-11 (the error of a Ritz value is
 #: quadratic in the residual); in float32 it sits just above the rounding floor.
 RESIDUAL_TOL_EV = {"float64": 1e-10, "float32": 2e-5}
-#: LOBPCG iteration limit. Only the K wanted orbitals expand the search space
-#: (qdjax.linalg.lobpcg, n_expand = K). Samples 0-999 of the dataset with seed 0 need 15
-#: iterations (median) and at most 29 in float64; in float32 samples 0-299 need 7, at most 11.
+#: LOBPCG iteration limit. Only the K wanted orbitals carry a search direction
+#: (qdjax.linalg.lobpcg, n_expand = K). Samples 0-999 of the dataset with seed 0 need 16
+#: iterations (median) and at most 32 in float64; in float32 samples 0-299 need 7, at most 12.
 MAX_ITERATIONS = 80
 #: Sternheimer conjugate gradients: relative residual and iteration limit.
 STERNHEIMER_TOL = {"float64": 1e-12, "float32": 1e-5}
