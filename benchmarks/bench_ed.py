@@ -100,11 +100,17 @@ def stage_functions(config: qdjax.EDConfig, n: int):
     return single, coul, many, dens
 
 
+def covered(b: int, count: int) -> int:
+    """Potentials a timing round at batch size b runs: `count` rounded up to whole batches,
+    at least one batch."""
+    return max(b, -(-count // b) * b)
+
+
 def chunks(V: np.ndarray, b: int, count: int) -> list[np.ndarray]:
-    """The batches of size b a timing round runs: the first max(b, count) potentials of V in
-    consecutive batches, so that every batch size covers the `count` potentials the peer
+    """The batches of size b a timing round runs: the first `covered(b, count)` potentials of
+    V in consecutive batches, so that every batch size covers the `count` potentials the peer
     solves (a batch of 1 is not timed on one potential alone)."""
-    total = max(b, -(-count // b) * b)
+    total = covered(b, count)
     if total > V.shape[0]:
         raise ValueError(f"need {total} potentials for batch {b}, got {V.shape[0]}")
     return [V[i : i + b] for i in range(0, total, b)]
@@ -247,7 +253,7 @@ def run_paper(args) -> dict:
     config = qdjax.EDConfig()
     results = {"config": "EDConfig() (paper defaults)", "threads": args.threads, "N": {}}
     count = args.peer_potentials
-    needed = max(max(b, -(-count // b) * b) for b in list(args.batches) + list(args.float32_batches))
+    needed = max(covered(b, count) for b in list(args.batches) + list(args.float32_batches))
     V_all = potentials.random_potentials(list(range(needed)), config)
     for n in args.electrons:
         entry = {"dimension": fock.sector_dimension(config.orbitals, n), "qdjax": {}, "qdjax_float32": {}}

@@ -27,6 +27,8 @@ def test_matrix_free_potential_equals_table_form(cfg):
     vm = basis.potential_matrix(V, cfg)
     np.testing.assert_allclose(basis.apply_potential(basis.potential_spectrum(V, cfg), X, cfg), vm @ X, atol=1e-13)
     np.testing.assert_allclose(basis.apply_potential_kernels(basis.potential_kernels(V, cfg), X, cfg), vm @ X, atol=1e-13)
+    h0 = single_particle.hamiltonian(V, cfg)
+    np.testing.assert_allclose(single_particle.apply_hamiltonian(V, X, cfg), h0 @ X, atol=1e-12)
     modes = np.array([0, 3, 10, cfg.basis**2 - 1])
     np.testing.assert_allclose(basis.potential_submatrix(V, modes, cfg), vm[np.ix_(modes, modes)], atol=1e-14)
     g = random_symmetric(5, 1)
