@@ -138,7 +138,8 @@ def _nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+# The pix2pix widths (32 million parameters) take the longest: marked slow.
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n == "pix2pix" else n for n in sorted(CONFIGS)])
 def setup(request, tp):
     config = CONFIGS[request.param]
     state = train.init_state(config, jax.random.key(0))

@@ -19,7 +19,7 @@ def test_matches_pyscf_fci_on_our_integrals(config, random_V, n_electrons):
     # Reference: PySCF direct_spin1 FCI (solved exactly in its P-space) on our h1e and eri.
     V = random_V[n_electrons % 3]
     gs = ed.ground_state(V, n_electrons, config)
-    ints = ed.integrals(V, config)
+    ints = jax.jit(ed.integrals, static_argnums=1)(V, config)  # not jitted internally
     nelec = fock.spin_sector(n_electrons)
     solver = fci.direct_spin1.FCI()
     solver.pspace_size = fock.sector_dimension(config.orbitals, n_electrons) + 1
@@ -28,7 +28,7 @@ def test_matches_pyscf_fci_on_our_integrals(config, random_V, n_electrons):
     np.testing.assert_allclose(gs.rdm1, solver.make_rdm1(civec, config.orbitals, nelec), atol=1e-8)
 
 
-@pytest.mark.parametrize("n_electrons", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_electrons", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow), 4])
 def test_density_integrates_to_n(config, random_V, n_electrons):
     # Invariant: sum(n) h^2 = N exactly (the tables sum to the identity), for both density modes.
     for mode in ("rdm1", "diagonal"):
@@ -55,7 +55,7 @@ def test_mirror_symmetric_potential_gives_mirror_symmetric_density(config, rando
     np.testing.assert_allclose(n, n[::-1, :], atol=1e-9 * n.max())
 
 
-@pytest.mark.parametrize("n_electrons", [2, 3, 4])
+@pytest.mark.parametrize("n_electrons", [pytest.param(2, marks=pytest.mark.slow), 3, 4])
 def test_square_symmetric_degenerate_case(n_electrons):
     # Harmonic trap: orbitals are degenerate, and for N = 3, 4 so is the ground manifold. The
     # manifold average must carry the trap's square symmetry (90-degree rotation, transpose),
@@ -69,7 +69,7 @@ def test_square_symmetric_degenerate_case(n_electrons):
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
-@pytest.mark.parametrize("n_electrons", [1, 2, 3])
+@pytest.mark.parametrize("n_electrons", [1, pytest.param(2, marks=pytest.mark.slow), 3])
 def test_hellmann_feynman_non_interacting(config, random_V, n_electrons):
     # Hellmann-Feynman: without interaction E = sum of occupied levels and dE/dV[i,j] = n[i,j] h^2.
     cfg = config.non_interacting()
