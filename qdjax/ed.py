@@ -198,9 +198,15 @@ def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:
       config: static settings.
 
     Returns:
-      Integrals (h1 = U^T H0 U = diag(orbital energies), eri, orbitals); not jitted internally.
+      Integrals (h1 = U^T H0 U = diag(orbital energies), eri, orbitals). Jitted internally
+      (one program per shape and config; inlined under an outer jax.jit).
     """
-    V = jnp.asarray(V, dtype=config.dtype)
+    return _integrals_batched(jnp.asarray(V, dtype=config.dtype), config)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _integrals_batched(V: jax.Array, config: EDConfig) -> Integrals:
+    """`integrals` on V (..., grid, grid) of dtype config.dtype."""
     if not _iterative_orbitals(config):
         return _integrals(V, config)[0]
     batch = V.shape[:-2]

@@ -175,10 +175,8 @@ def test_iterative_ground_state_equals_dense(config, random_V, n_electrons):
     np.testing.assert_allclose(it.energy, de.energy, atol=1e-10)
     np.testing.assert_allclose(it.density, de.density, atol=1e-8 * float(de.density.max()))
     np.testing.assert_allclose(it.orbital_energies, de.orbital_energies, atol=1e-12)
-    # ed.integrals is not jitted internally: jitted here (one program instead of op by op).
-    coefficients = jax.jit(jax.vmap(lambda v, c: ed.integrals(v, c).orbitals.coefficients, (0, None)), static_argnums=1)
-    c_it = coefficients(jnp.asarray(random_V), ITERATIVE)
-    c_de = coefficients(jnp.asarray(random_V), DENSE)
+    c_it = ed.integrals(random_V, ITERATIVE).orbitals.coefficients
+    c_de = ed.integrals(random_V, DENSE).orbitals.coefficients
     g = lambda c, r: jnp.einsum("bip,bpq,bjq->bij", c, r, c)
     np.testing.assert_allclose(g(c_it, it.rdm1), g(c_de, de.rdm1), atol=1e-8)
 
@@ -225,8 +223,7 @@ def test_reverse_mode_orbital_derivatives_equal_dense(random_V, seed):
     def fn(v, c):
         return jnp.sum(w * ed.integrals(v, c).h1)
 
-    # ed.integrals is not jitted internally: jitted here (one program instead of op by op).
-    grad = jax.jit(jax.grad(fn), static_argnums=1)
+    grad = jax.jit(jax.grad(fn), static_argnums=1)  # one program for the eager parts of fn
     g_it = grad(V, config.replace(eigensolver="iterative"))
     g_de = grad(V, config.replace(eigensolver="dense"))
     assert _rel(g_it, g_de) < 1e-9
