@@ -252,6 +252,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--log-input", action="store_true",
                    help="density inputs on a log scale (floor 1e-12 of the training peak) instead of linear")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
+    p.add_argument("--no-figures", action="store_true", help="write checkpoints and metrics.json only, no PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -272,7 +273,7 @@ def _run_train(args: argparse.Namespace) -> int:
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
         input_transform="log" if args.log_input else "linear",
-        progress=not args.no_progress, length_nm=ed_config.length_nm,
+        progress=not args.no_progress, length_nm=ed_config.length_nm, figures=not args.no_figures,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "

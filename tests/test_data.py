@@ -20,6 +20,7 @@ import pytest
 
 import qdjax
 from qdjax import data, ed, potentials
+from conftest import xla_flags
 
 CFG = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
 NS = (1, 2, 3, 4)
@@ -258,7 +259,7 @@ def test_several_devices_give_the_same_bits(reference, tmp_path):
                           batch_size=1, splits=(6, 1, 1), progress=False)
         assert r.complete
     """)
-    proc = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+    proc = run_python(code, {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"), "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert files(out) == files(reference)
 

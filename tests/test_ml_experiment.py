@@ -49,12 +49,13 @@ def test_missing_split_is_refused(splits, tmp_path):
 
 def test_density_head_predictions_integrate_to_n(splits, tmp_path):
     # With the normalised head every predicted density integrates to N = 2 (sum n h^2), trained
-    # or not; the head is refused for potential targets.
+    # or not; the head is refused for potential targets. (figures=False: no PNG written.)
     gen = models.GeneratorConfig(image_size=16, filters=(8, 8, 8, 8))
     cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("pixel1", (8, 8, 8, 8)), batch_size=4)
     run = experiment.run_mapping(splits, "V->n_int", cfg, steps=2, eval_every=2, out_dir=tmp_path / "a", progress=False,
-                                 density_head=True)
+                                 density_head=True, figures=False)
     assert run.state.config.generator.density_norm is not None
+    assert (tmp_path / "a" / "metrics.json").exists() and not list((tmp_path / "a").glob("*.png"))
     np.testing.assert_allclose(run.test_prediction.sum(axis=(1, 2)) * SMALL_ED.pixel_nm**2, 2.0, rtol=1e-4)
     assert run.test_prediction.min() >= 0
     with pytest.raises(ValueError, match="density_head"):

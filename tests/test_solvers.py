@@ -10,7 +10,7 @@ import pytest
 
 import qdjax
 from qdjax import basis, coulomb, data, ed, linalg, potentials, single_particle, units
-from conftest import random_symmetric
+from conftest import random_symmetric, xla_flags
 
 SMALL = qdjax.EDConfig(grid=20, basis=7, length_nm=11.0, orbitals=3)
 DENSE = qdjax.EDConfig(eigensolver="dense")
@@ -240,15 +240,19 @@ def test_matrix_free_many_body_equals_assembled(random_V, monkeypatch, n_electro
     base = qdjax.EDConfig(basis=16, orbitals=6)
     V = jnp.asarray(random_V[:2])
     weights = jnp.asarray(np.random.default_rng(5).normal(size=V.shape[1:]))
-    fn = lambda v: ed.ground_state(v, n_electrons, base).energy + jnp.sum(weights * ed.ground_density(v, n_electrons, base))
-    assembled = ed.ground_state(V, n_electrons, base)
-    g_assembled = jax.grad(fn)(V[0])
+
+    def fn(v):
+        state = ed.ground_state(v, n_electrons, base)
+        return state.energy + jnp.sum(weights * state.density), state
+
+    # States and gradients of both potentials, one compiled program per path.
+    solve = lambda: jax.jit(jax.vmap(jax.value_and_grad(fn, has_aux=True)))(V)  # noqa: E731
+    (_, assembled), g_assembled = solve()
     monkeypatch.setattr(ed, "FOCK_ASSEMBLED_MAX", 10)
     jax.clear_caches()
     try:
         assert ed._matrix_free(base, n_electrons)
-        free = ed.ground_state(V, n_electrons, base)
-        g_free = jax.grad(fn)(V[0])
+        (_, free), g_free = solve()
     finally:
         monkeypatch.undo()
         jax.clear_caches()
@@ -372,7 +376,7 @@ def test_sharded_batch_equals_one_device(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"))
     out = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")

@@ -82,6 +82,7 @@ def run_mapping(
     monitor: int = 30,
     train_monitor: int = 100,
     progress: bool = True,
+    figures: bool = True,
 ) -> MappingRun:
     """Train one mapping, monitor it, restore the best checkpoint and score the test split.
 
@@ -104,6 +105,8 @@ def run_mapping(
       monitor: number of test images whose SSIM is followed during training.
       train_monitor: number of training images used for the training-set R^2 curve.
       progress: progress bar.
+      figures: write the PNG figures (module docstring); False writes only checkpoints and
+        metrics.json (sweeps, batch jobs).
 
     Returns:
       MappingRun.
@@ -175,8 +178,9 @@ def run_mapping(
         "config": config.to_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm,
-                  log_input=scalers.inputs.transform == "log")
+    if figures:
+        write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm,
+                      log_input=scalers.inputs.transform == "log")
     return MappingRun(best.state, scalers, fit.history, best.step, prediction, scores, summary, out)
 
 
