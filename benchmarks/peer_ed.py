@@ -39,6 +39,7 @@ import time
 import warnings
 
 import numpy as np
+import scipy
 import scipy.linalg
 import scipy.special
 
@@ -151,6 +152,23 @@ def orbitals_on_grid(U: np.ndarray, L: float, grid: int, basis: int) -> np.ndarr
 # ----------------------------------------------------------------------------- Coulomb
 
 
+@functools.cache
+def _check_itj0y0() -> None:
+    """Refuse a SciPy whose itj0y0 is wrong for large arguments.
+
+    Before SciPy 1.17, scipy.special.itj0y0 returned values far from the integral of J0 for
+    arguments above about 19 (scipy/scipy#22436: 1.4e8 at x = 100, where the integral is
+    0.92266); the kernel here needs x up to about 300.
+    """
+    value = float(scipy.special.itj0y0(100.0)[0])
+    if abs(value - 0.9226625570) > 1e-8:
+        raise RuntimeError(
+            f"scipy.special.itj0y0(100) = {value:.6g}, not 0.92266: this SciPy "
+            f"({scipy.__version__}) computes the J0 integral wrongly for large arguments "
+            "(scipy/scipy#22436); install scipy>=1.17"
+        )
+
+
 def vico_fourier(k, R: float):
     """Fourier transform of the 2D Coulomb kernel 1/r truncated at radius R.
 
@@ -163,6 +181,7 @@ def vico_fourier(k, R: float):
     Returns:
       float64 array of k's shape, nm.
     """
+    _check_itj0y0()
     k = np.abs(np.asarray(k, dtype=np.float64))
     safe_k = np.where(k > 0, k, 1.0)
     j0_integral, _ = scipy.special.itj0y0(safe_k * R)

@@ -60,6 +60,20 @@ def test_overlap_table_partition_of_unity():
     np.testing.assert_allclose(A.sum(axis=0), np.eye(32), atol=1e-13)
 
 
+def test_wrong_itj0y0_of_old_scipy_is_refused(monkeypatch):
+    # SciPy before 1.17 returned 1.4e8 for itj0y0(100) (scipy/scipy#22436); the peer refuses
+    # such a SciPy instead of building a wrong Coulomb kernel.
+    monkeypatch.setattr(scipy.special, "itj0y0", lambda x: (np.full_like(np.asarray(x, float), 1.4e8),) * 2)
+    peer_ed._check_itj0y0.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="scipy>=1.17"):
+            peer_ed.vico_fourier(np.array([1.0]), 40.0)
+    finally:
+        monkeypatch.undo()
+        peer_ed._check_itj0y0.cache_clear()
+    assert peer_ed.vico_fourier(np.array([0.0]), 40.0)[0] == pytest.approx(2 * math.pi * 40.0)
+
+
 @pytest.mark.parametrize("k", [1e-4, 0.01, 0.1, 0.3, 0.5, 1.7, 5.0])
 def test_vico_fourier_matches_quadrature(k):
     # Khat(k) = (2 pi / k) int_0^{kR} J0(t) dt (Vico et al. 2016), the integral done by
