@@ -76,7 +76,9 @@ def ensure_dataset(path, samples, n_electrons, splits, seed, progress=True):
 def main(argv=None):
     args = parse(argv)
     ensure_dataset(args.data, args.samples, args.n_electrons, args.splits, args.seed, not args.no_progress)
-    config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4)
+    ed_config = data.config_from_manifest(data.read_manifest(args.data))
+    config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
+                                       image_size=ed_config.grid)
     out = pathlib.Path(args.out)
     rows = []
     for n in args.n_electrons:
@@ -86,6 +88,7 @@ def main(argv=None):
             run = experiment.run_mapping(
                 splits, mapping, config, steps=args.steps, out_dir=folder, key=args.seed,
                 eval_every=args.eval_every, symmetrize=args.symmetrize, progress=not args.no_progress,
+                length_nm=ed_config.length_nm,
                 density_head=args.density_head and MAPPINGS[mapping][1] != "V",
                 input_transform="log" if args.log_input and MAPPINGS[mapping][0] != "V" else "linear",
             )

@@ -72,6 +72,22 @@ def pytest_unconfigure(config):
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: EDConfig flags of the command line for the small test grid: 16 pixels, 8 sine modes, 4 orbitals.
+TINY_FLAGS = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A 16-sample dataset on the 16-pixel test grid (12 / 2 / 2 split), N = 2, made by `qdjax generate`."""
+    from qdjax import cli
+
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    argv = ["generate", "--out", str(out), "--samples", "16", "--splits", "12", "2", "2", "--n-electrons", "2",
+            "--chunk-size", "8", "--no-progress", *TINY_FLAGS]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def config():
     """Paper defaults: L = 30 nm, grid 64, basis 32, 8 orbitals, GaAs."""

@@ -11,8 +11,8 @@ import pytest
 
 import qdjax
 from qdjax import cli, data
+from conftest import TINY_FLAGS
 
-TINY = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +62,7 @@ def test_every_edconfig_field_has_a_flag():
 def test_generate_then_info(tmp_path, capsys):
     out = tmp_path / "ds"
     argv = ["generate", "--out", str(out), "--samples", "4", "--chunk-size", "2", "--seed", "7", "--batch-size", "1",
-            *TINY]  # fmt: skip
+            *TINY_FLAGS]  # fmt: skip
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert str(out.resolve()) in captured.out and "complete" in captured.out  # where the data went
@@ -77,7 +77,7 @@ def test_generate_then_info(tmp_path, capsys):
     assert "4 samples" in info and "2 of 2 (complete)" in info and "all 2 chunks verified" in info
 
     # A different seed into the same folder: refused, one line, exit status 1.
-    assert cli.main(["generate", "--out", str(out), "--samples", "4", "--chunk-size", "2", "--seed", "8", *TINY]) == 1
+    assert cli.main(["generate", "--out", str(out), "--samples", "4", "--chunk-size", "2", "--seed", "8", *TINY_FLAGS]) == 1
     assert "seed: 7 there, 8 here" in one_line_error(capsys, "generate")
 
     # A damaged chunk: info --verify and loading name it.
@@ -110,23 +110,13 @@ def test_argparse_errors_exit_with_status_2(capsys):
 
 def test_console_command_reports_user_errors_without_traceback(tmp_path):
     (tmp_path / "notes.txt").write_text("not a dataset")
-    proc = subprocess.run([sys.executable, "-m", "qdjax.cli", "generate", "--out", str(tmp_path), *TINY],
+    proc = subprocess.run([sys.executable, "-m", "qdjax.cli", "generate", "--out", str(tmp_path), *TINY_FLAGS],
                           cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("qdjax generate: error: ") and "not empty" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written into the folder
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """A 16-sample dataset on the 16-pixel test grid (12 / 2 / 2 split), N = 2."""
-    out = tmp_path_factory.mktemp("cli") / "ds"
-    argv = ["generate", "--out", str(out), "--samples", "16", "--splits", "12", "2", "2", "--n-electrons", "2",
-            "--chunk-size", "8", "--no-progress", *TINY]  # fmt: skip
-    assert cli.main(argv) == 0
-    return out
 
 
 def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
@@ -149,22 +139,8 @@ def test_train_evaluate_invert_plot_end_to_end(tiny_dataset, tmp_path, capsys):
     assert cli.main(argv) == 0
     assert (tmp_path / "invert" / "inverse.json").exists() and (tmp_path / "invert" / "refine.png").exists()
     assert cli.main(["plot", "--data", str(tiny_dataset), "--index", "3", "--out", str(tmp_path / "s.png")]) == 0
-    assert cli.main(["plot", "--seed", "1", "--n-electrons", "1", *TINY, "--out", str(tmp_path / "p.png")]) == 0
+    assert cli.main(["plot", "--seed", "1", "--n-electrons", "1", *TINY_FLAGS, "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "p.png").stat().st_size > 1000
-
-
-def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
-    # examples/inverse_design.py trains an n_int->V generator, checks it by ED and refines one sample.
-    import runpy
-
-    example = runpy.run_path(str(REPO / "examples" / "inverse_design.py"))
-    example["main"](["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
-                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress", "--log-input"])  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "recomputed-density R^2" in printed and "refined 1" in printed
-    summary = json.loads((tmp_path / "inv" / "inverse.json").read_text())
-    assert summary["samples"] == 2 and summary["refinement"]["samples"] == 1
-    assert (tmp_path / "inv" / "inverse.png").exists() and (tmp_path / "inv" / "refine.png").exists()
 
 
 def test_invert_refuses_a_forward_checkpoint(tiny_dataset, tmp_path, capsys):
@@ -198,7 +174,7 @@ def test_evaluate_without_checkpoint_is_a_user_error(tiny_dataset, tmp_path, cap
 
 def test_bench_times_the_ed_and_agrees_with_a_direct_call(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--electrons", "2", "--batch", "1", "3", "--repeats", "1", "--json", str(out), *TINY]) == 0
+    assert cli.main(["bench", "--electrons", "2", "--batch", "1", "3", "--repeats", "1", "--json", str(out), *TINY_FLAGS]) == 0
     printed = capsys.readouterr().out
     assert "ED N=2 batch    3" in printed and "instances/s" in printed
     rows = json.loads(out.read_text())["ed"]
@@ -208,5 +184,5 @@ def test_bench_times_the_ed_and_agrees_with_a_direct_call(tmp_path, capsys):
 
 
 def test_bench_rejects_empty_work(capsys):
-    assert cli.main(["bench", "--batch", "0", *TINY]) == 1
+    assert cli.main(["bench", "--batch", "0", *TINY_FLAGS]) == 1
     assert "--batch" in one_line_error(capsys, "bench")

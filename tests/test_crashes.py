@@ -17,16 +17,16 @@ import pytest
 
 from qdjax import cli
 from qdjax.ml import checkpoint
+from conftest import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("crash") / "ds"
     argv = ["generate", "--out", str(out), "--samples", "12", "--splits", "8", "2", "2", "--n-electrons", "2",
-            "--chunk-size", "6", "--no-progress", *TINY]
+            "--chunk-size", "6", "--no-progress", *TINY_FLAGS]
     assert cli.main(argv) == 0
     return out
 

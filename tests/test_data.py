@@ -20,7 +20,7 @@ import pytest
 
 import qdjax
 from qdjax import data, ed, potentials
-from conftest import xla_flags
+from conftest import TINY_FLAGS, xla_flags
 
 CFG = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
 NS = (1, 2, 3, 4)
@@ -28,7 +28,6 @@ SEED = 7
 N_SAMPLES = 8  # chunks of 3: 3 + 3 + 2 samples, the last one partial
 KW = dict(n_electrons=NS, config=CFG, seed=SEED, chunk_size=3, batch_size=1, splits=(6, 1, 1), progress=False)
 REPO = Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--grid", "16", "--basis", "8", "--orbitals", "4"]
 
 
 def files(folder):
