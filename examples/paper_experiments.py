@@ -62,17 +62,18 @@ EXPERIMENTS = {
 }
 
 
-def run_one(name, spec, splits_by_n, out, seed, progress):
+def run_one(name, spec, splits_by_n, ed_config, out, seed, progress):
     splits = splits_by_n[spec["n"]]
     if "train_size" in spec:
         splits = {**splits, "train": {q: a[: spec["train_size"]] for q, a in splits["train"].items()}}
     config = experiment.pix2pix_config("authors", spec.get("discriminator", "image70"), spec["batch"], spec["lr"], spec["d4"],
-                                       decay_start=spec.get("decay_start", 0), decay_steps=spec.get("decay_steps", 0))
+                                       image_size=ed_config.grid, decay_start=spec.get("decay_start", 0),
+                                       decay_steps=spec.get("decay_steps", 0))
     start = time.perf_counter()
     run = experiment.run_mapping(
         splits, spec["mapping"], config, steps=spec["steps"], out_dir=out / name, key=seed,
         eval_every=max(100, spec["steps"] // 10), density_head=spec["density_head"], progress=progress,
-        input_transform=spec.get("input_transform", "linear"),
+        input_transform=spec.get("input_transform", "linear"), length_nm=ed_config.length_nm,
     )
     seconds = time.perf_counter() - start
     sym = evaluate.predict_physical(run.state, splits["test"][evaluate.MAPPINGS[spec["mapping"]][0]], run.scalers, True)
@@ -155,6 +156,7 @@ def main(argv=None):
         return
     if not (pathlib.Path(args.data, "manifest.json").exists() and data.describe(args.data)["complete"]):
         data.generate(args.data, 5000, (1, 2, 3, 4), qdjax.EDConfig(), 0, progress=not args.no_progress)
+    ed_config = data.config_from_manifest(data.read_manifest(args.data))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
@@ -166,7 +168,7 @@ def main(argv=None):
         if spec["n"] not in splits_by_n:
             splits_by_n[spec["n"]] = experiment.splits_from_dataset(args.data, spec["n"])
         print(f"== {name}: {spec}", flush=True)
-        results[name] = run_one(name, spec, splits_by_n, out, args.seed, not args.no_progress)
+        results[name] = run_one(name, spec, splits_by_n, ed_config, out, args.seed, not args.no_progress)
         results_file.write_text(json.dumps(results, indent=2))
         r = results[name]
         print(f"== {name}: R^2 {r['r2']:.5f} (D4-averaged {r['r2_symmetrized']:.5f}), SSIM {r['ssim']:.5f}, "
