@@ -27,7 +27,10 @@ the eager PyTorch step is also timed with 1 thread: on a machine shared with oth
 PyTorch's OpenMP parallel regions wait for descheduled threads and one thread can be the
 faster setting, so "best torch" is the faster of all PyTorch variants timed. XLA's CPU backend sizes its
 intra-op pool from the visible CPUs; the count is recorded. The JSON (``--out``) records
-the machine, the load average before and after, versions, thread settings and XLA_FLAGS.
+the machine, the load average before and after, versions, thread settings and XLA_FLAGS,
+and every rate also as useful GFLOP/s (`roofline.step_flops`: the same arithmetic for both
+frameworks); ``--roofline`` measures the CPU's float32 FMA peak in the same run
+(`roofline.fma_peak_gflops`) and prints each rate as a fraction of it.
 Needs PyTorch (CPU build), which is not a dependency of qdjax.
 """
 
@@ -45,6 +48,8 @@ import time
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+import roofline  # noqa: E402  (benchmarks/roofline.py)
 
 
 def _cpu_model() -> str:
@@ -130,7 +135,6 @@ def _worker(name: str, widths: str, batch: int, threads: int, seed: int) -> None
     """Worker process of one framework (``--worker``): sets up, prints {"first_call_s": s},
     then answers each stdin line {"steps": n, "threads": t} with {"s": seconds for the n
     steps}, one JSON line each, until stdin closes."""
-    sys.path.insert(0, _HERE)
     import qdjax  # noqa: F401  (float64 mode on, as for every qdjax user; the networks stay float32)
 
     first, run = _framework(name, widths, batch, threads, seed)
@@ -240,6 +244,10 @@ def bench_case(
     rate = out["steps_per_s"]
     out["ratio_qdjax_over_torch"] = rate["qdjax"] / rate["torch"]
     out["ratio_qdjax_over_best_torch"] = rate["qdjax"] / max(v for k, v in rate.items() if k != "qdjax")
+    # useful arithmetic (benchmarks/roofline.py): the same for every framework, so the rates
+    # in GFLOP/s compare as the step rates do, and set against the CPU's peak
+    out["useful_gflop_per_step"] = roofline.step_flops(config) / 1e9
+    out["useful_gflops"] = {name: v * out["useful_gflop_per_step"] for name, v in rate.items()}
     if torch_compile:
         out["ratio_qdjax_over_torch_compile"] = rate["qdjax"] / rate["torch_compile"]
     return out
@@ -273,6 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--pause-s", type=float, default=0.25, help="idle seconds before each timed round")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and initial weights")
+    parser.add_argument(
+        "--roofline", action="store_true",
+        help="also measure the CPU's float32 FMA peak on --threads cores (benchmarks/roofline.py) "
+        "and print each rate as a fraction of it",
+    )
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--worker", choices=["qdjax", "torch", "torch_compile"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -280,7 +293,6 @@ def main(argv: list[str] | None = None) -> dict:
         _worker(args.worker, args.widths[0], args.batch[0], args.threads, args.seed)
         return {}
 
-    sys.path.insert(0, _HERE)
     import flax
     import jax
     import jaxlib
@@ -290,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     import qdjax  # noqa: F401  (turns on float64 mode, as for every qdjax user; the networks stay float32)
 
     torch.set_num_threads(args.threads)
+    peak = roofline.fma_peak_gflops(args.threads) if args.roofline else None
     meta = {
         "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
         "machine": {
@@ -321,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
             "processes": "one" if args.in_process else "one per framework", "pause_s": args.pause_s,
             "seed": args.seed, "torch_malloc_env": TORCH_MALLOC_ENV if args.torch_malloc else None,
         },
+        "fma_peak_gflops": peak,
     }
     print(
         f"{meta['machine']['cpu']}, {meta['machine']['cpus_visible']} CPUs, load {meta['machine']['loadavg_before']}; "
@@ -349,6 +363,16 @@ def main(argv: list[str] | None = None) -> dict:
             line += f" {r['ratio_qdjax_over_torch']:10.2f}x {r['ratio_qdjax_over_best_torch']:15.2f}x"
             line += f" {r['loadavg_1min_after']:5.1f}"
             print(line, flush=True)
+            if peak:
+                best = max(v for k, v in r["useful_gflops"].items() if k != "qdjax")
+                r["target_1_5x_fraction_of_peak"] = 1.5 * best / peak
+                print(
+                    f"{'':14s} useful arithmetic {r['useful_gflop_per_step']:.3f} GFLOP/step: qdjax "
+                    f"{r['useful_gflops']['qdjax']:.0f} GFLOP/s ({r['useful_gflops']['qdjax'] / peak:.0%} of the "
+                    f"{peak:.0f} GFLOP/s FMA peak), best PyTorch {best:.0f} ({best / peak:.0%}); "
+                    f"1.5x best PyTorch needs {1.5 * best / peak:.0%} of the peak",
+                    flush=True,
+                )
     meta["machine"]["loadavg_after"] = os.getloadavg()
     meta["results"] = results
     print(f"load average before {meta['machine']['loadavg_before']}, after {meta['machine']['loadavg_after']}")

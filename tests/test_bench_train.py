@@ -225,3 +225,117 @@ def test_benchmark_workers_time_both_frameworks(tp):
     with pytest.raises(ValueError, match="worker process"):
         bench.bench_case("authors", 1, repeats=1, steps=1, warmup=1, min_round_s=0.0, torch_compile=False,
                          threads=1, torch_single_thread=False, torch_malloc=True, in_process=True)
+    # the rates also come as useful GFLOP/s, the same arithmetic per step for every framework
+    assert r["useful_gflops"] == pytest.approx({k: v * r["useful_gflop_per_step"] for k, v in r["steps_per_s"].items()})
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+@pytest.fixture(scope="module")
+def roofline():
+    """benchmarks/roofline.py."""
+    return _load("roofline")
+
+
+def _ones_conv_taps(size, kernel, stride, padding):
+    # Oracle: a convolution of an all-ones image with an all-ones kernel adds 1 for every
+    # (output pixel, tap) pair on a real pixel and 0 for every tap on a padding zero.
+    x = jnp.ones((1, size, size, 1), jnp.float32)
+    k = jnp.ones((kernel, kernel, 1, 1), jnp.float32)
+    pad = padding if padding == "SAME" else (padding, padding)
+    y = jax.lax.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return float(jnp.sum(y))
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding",
+    [(64, 4, 2, "SAME"), (2, 4, 2, "SAME"), (1, 4, 2, "SAME"), (7, 3, 2, "SAME"), (9, 5, 3, "SAME"),
+     (8, 4, 1, (1, 1)), (7, 4, 1, (1, 1)), (5, 1, 1, (0, 0))],
+)
+def test_conv_taps_count_real_pixels(roofline, size, kernel, stride, padding):
+    assert roofline.conv_taps(size, kernel, stride, padding) ** 2 == _ones_conv_taps(size, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("size, kernel", [(1, 4), (2, 4), (32, 4), (5, 3), (4, 2), (3, 5)])
+def test_conv_transpose_taps_count_kept_outputs(roofline, size, kernel):
+    # Oracle: the same all-ones sum through lax.conv_transpose ('SAME', stride 2): taps whose
+    # output is cropped add nothing.
+    x = jnp.ones((1, size, size, 1), jnp.float32)
+    k = jnp.ones((kernel, kernel, 1, 1), jnp.float32)
+    y = jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert y.shape[1] == 2 * size
+    assert roofline.conv_transpose_taps(size, kernel) ** 2 == float(jnp.sum(y))
+
+
+def test_network_macs_follow_the_layer_tables(roofline):
+    # Oracle: the layer tables in the UNetGenerator and PatchDiscriminator docstrings
+    # (default configuration), with each layer's taps counted by the all-ones convolution.
+    g = [_ones_conv_taps(s, 4, 2, "SAME") * a * b
+         for s, a, b in [(64, 1, 16), (32, 16, 32), (16, 32, 64), (8, 64, 128), (4, 128, 128), (2, 128, 128)]]
+    for s, a, b in [(1, 128, 128), (2, 256, 128), (4, 256, 64), (8, 128, 32), (16, 64, 16), (32, 32, 1)]:
+        y = jax.lax.conv_transpose(jnp.ones((1, s, s, 1)), jnp.ones((4, 4, 1, 1)), (2, 2), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        g.append(float(jnp.sum(y)) * a * b)
+    d = [_ones_conv_taps(s, 4, st, p) * a * b for s, st, p, a, b in
+         [(64, 2, "SAME", 2, 16), (32, 2, "SAME", 16, 32), (16, 2, "SAME", 32, 64), (8, 1, (1, 1), 64, 128),
+          (7, 1, (1, 1), 128, 1)]]
+    config = Pix2PixConfig()
+    assert roofline.generator_macs(config.generator) == g
+    assert roofline.discriminator_macs(config.discriminator, 64) == d
+
+
+def test_step_flops_within_xla_cost_of_the_step(roofline):
+    # XLA's cost analysis of the compiled training step counts every multiply-add it runs
+    # (taps on padding zeros included) and the elementwise work (norms, activations, Adam):
+    # a little above the all-taps count (a missing or doubled gradient pass would move the
+    # count by 10 % or more), which is above the useful count.
+    config = Pix2PixConfig()
+    state = train.init_state(config, jax.random.key(0))
+    x = jnp.zeros((1, 64, 64, 1), jnp.float32)
+    compiled = train.make_train_step(config).lower(state, (x, x), jax.random.key(1)).compile()
+    cost = compiled.cost_analysis()
+    xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    dense = roofline.step_flops(config, all_taps=True)
+    assert dense < xla < 1.1 * dense
+    assert roofline.step_flops(config) < dense
+    assert roofline.step_flops(config.replace(batch_size=32)) == pytest.approx(32 * roofline.step_flops(config))
+
+
+def test_fma_kernel_computes_its_chains(roofline, tmp_path):
+    # The peak loop must do the arithmetic it is timed for: 12 chains a <- a b + c from
+    # a = 0..11; lane 0 of their sum after n steps has the closed form
+    # sum_k (k b^n + c (1 - b^n) / (1 - b)).
+    try:
+        fn = roofline._compile_fma(str(tmp_path))
+    except RuntimeError as e:
+        if "no C compiler" not in str(e):
+            raise
+        pytest.skip(str(e))
+    n, b, c = 1000, 0.999999, 1e-7
+    expected = sum(k * b**n + c * (1 - b**n) / (1 - b) for k in range(12))
+    assert fn(n) == pytest.approx(expected, rel=1e-4)
+    assert fn(0) == pytest.approx(66.0)
+
+
+@pytest.mark.parametrize("name", ["default", "patch16_no_norm"])
+def test_step_flops_count_the_passes_pytorch_runs(roofline, tp, name):
+    # Oracle: PyTorch's FlopCounterMode on the peer's training step (autograd runs exactly the
+    # gradients each loss needs; every tap of a convolution counted, as `all_taps`). Autograd
+    # computes the whole input gradient of the discriminator's first layer and drops the
+    # conditioning channels, which the useful count leaves out: added here.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = CONFIGS[name]
+    state = train.init_state(config, jax.random.key(0))
+    gen, disc = tp.build(config)
+    tp.load_jax_params(gen, disc, state.g_params, state.d_params)
+    trainer = tp.Pix2PixTrainer(config, gen, disc)
+    x, y = _data(config.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        trainer.step(_nchw(x), _nchw(y))
+    d_first = roofline.discriminator_macs(config.discriminator, 64, all_taps=True)[0]
+    extra = 2 * config.batch_size * d_first * config.generator.in_channels / config.discriminator.in_channels
+    assert counter.get_total_flops() == pytest.approx(roofline.step_flops(config, all_taps=True) + extra, rel=1e-12)
+    assert roofline.step_flops(config) < roofline.step_flops(config, all_taps=True)
