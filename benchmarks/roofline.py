@@ -16,7 +16,7 @@ Three measurements, which `benchmarks/bench_train.py --roofline` also takes in i
   with -march=native), compiled at run time with the system's C compiler and run by one
   Python thread per core (ctypes releases the GIL). No float32 program on this CPU can
   sustain more.
-- `gemm_gflops(threads)`: the best rate of a large float32 matrix product in XLA (jnp.dot)
+- `gemm_gflops()`: the best rate of a large float32 matrix product in XLA (jnp.dot)
   and, if installed, PyTorch: what tuned libraries reach on the best-shaped problem.
 
 A step rate r (steps/s) is r * step_flops(config) / 1e9 GFLOP/s of useful arithmetic; a
