@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -191,29 +190,25 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    flop = 2.0 * n**3
-    out = {}
+
+    def rate(product) -> float:  # best of `repeats` after one untimed call
+        product()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - t)
+        return 2.0 * n**3 / min(times) / 1e9
+
     dot = jax.jit(jnp.dot)
     ja, jb = jnp.asarray(a), jnp.asarray(b)
-    dot(ja, jb).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dot(ja, jb).block_until_ready()
-        times.append(time.perf_counter() - t)
-    out["xla"] = flop / min(times) / 1e9
+    out = {"xla": rate(lambda: dot(ja, jb).block_until_ready())}
     try:
         import torch
     except ImportError:
         return out
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    torch.mm(ta, tb)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(ta, tb)
-        times.append(time.perf_counter() - t)
-    out["torch"] = flop / min(times) / 1e9
+    out["torch"] = rate(lambda: torch.mm(ta, tb))
     return out
 
 
@@ -222,7 +217,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, nargs="+", default=[len(os.sched_getaffinity(0))])
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from qdjax.ml import experiment
 
     out = {"step_gflop": {}, "fma_peak_gflops": {}, "gemm_gflops": gemm_gflops()}

@@ -632,6 +632,14 @@ def _overlap_add(z: jax.Array) -> jax.Array:
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c)
 
 
+def _tap_matrix(kernel: jax.Array) -> jax.Array:
+    """(k, k, C_in, C_out) kernel -> (C_in, k k C_out) matrix of all taps: the operand of the
+    forward product of `_conv_transpose2x` and, transposed inside the product, of its input
+    gradient (one copy of the kernel, shared by both passes under jit)."""
+    k, _, c_in, c_out = kernel.shape
+    return kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
+
+
 @jax.custom_vjp
 def _conv_transpose2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Stride-2 'SAME' transposed convolution without kernel flip, float32:
@@ -652,8 +660,7 @@ def _conv_transpose2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """
     b, h, w, c_in = x.shape
     k, c_out = kernel.shape[0], kernel.shape[3]
-    taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
-    z = jnp.dot(x.reshape(b * h * w, c_in), taps).reshape(b, h, w, k, k, c_out)
+    z = jnp.dot(x.reshape(b * h * w, c_in), _tap_matrix(kernel)).reshape(b, h, w, k, k, c_out)
     return _overlap_add(z)
 
 
@@ -670,8 +677,7 @@ def _conv_transpose2x_bwd(res, g):
     gp = jax.lax.pad(g, zero, ((0, 0, 0), (lo, hi, 0), (lo, hi, 0), (0, 0, 0)))  # hi may be -1: a crop
     # gz[m, n, (t k + u) C_out + c] = d out / d z[m, n, t, u, c]: taps in the kernel's order
     gz = _patches(gp, k, k, 2, h, w, flip=True).reshape(b * h * w, k * k * c_out)
-    taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)  # as in the forward pass
-    gx = jax.lax.dot_general(gz, taps, (((1,), (1,)), ((), ()))).reshape(x.shape)  # gz taps^T
+    gx = jax.lax.dot_general(gz, _tap_matrix(kernel), (((1,), (1,)), ((), ()))).reshape(x.shape)  # gz taps^T
     gk = jnp.dot(x.reshape(b * h * w, c_in).T, gz).reshape(c_in, k, k, c_out)
     return gx, gk.transpose(1, 2, 0, 3)
 
