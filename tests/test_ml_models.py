@@ -1,4 +1,6 @@
-"""Tests of qdjax.ml.models: shapes, dtypes, normalisation placement, receptive fields."""
+"""Tests of qdjax.ml.models: shapes, dtypes, normalisation placement, receptive fields, the
+convolution layers against lax and NumPy references, the parameter layout checkpoints store,
+forward-mode differentiation."""
 
 import json
 
@@ -13,7 +15,6 @@ from qdjax.ml import models
 from qdjax.ml.models import (
     AUTHORS_GENERATOR_FILTERS,
     DISCRIMINATOR_PRESETS,
-    ConvTranspose2x,
     DiscriminatorConfig,
     GeneratorConfig,
     PatchDiscriminator,
@@ -123,57 +124,217 @@ def test_generator_same_seed_same_weights():
     assert abs(k.std() - 0.02) < 0.004 and abs(k.mean()) < 0.004  # N(0, 0.02), Table I
 
 
-# Every kernel on an odd-sized map, kernel 4 (the U-Net's) on all three; the other
-# combinations are marked slow; 32 x 64 maps (4096 pixels in the batch) are as large as
-# the U-Net's outer layers.
-_TCONV_CASES = [
-    pytest.param(k, hw, marks=() if hw == (5, 4) or k == 4 else pytest.mark.slow)
-    for hw in [(1, 1), (2, 3), (5, 4)]
-    for k in [2, 3, 4, 5]
-] + [(4, (32, 64))]
+# ----------------------------------------------------------------------------- layers
+
+_DN = ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.mark.parametrize("kernel, hw", _TCONV_CASES)
-def test_conv_transpose_matches_flax(kernel, hw):
-    """The sub-pixel transposed convolution equals nnx.ConvTranspose (lax.conv_transpose)."""
-    ours = ConvTranspose2x(3, 2, kernel, use_bias=True, rngs=nnx.Rngs(0))
-    ours.bias[...] = jnp.asarray([0.3, -0.1], jnp.float32)
-    ref = nnx.ConvTranspose(3, 2, (kernel, kernel), strides=2, padding="SAME", rngs=nnx.Rngs(1))
-    ref.kernel[...] = ours.kernel[...]
-    ref.bias[...] = ours.bias[...]
-    x = _images((2, *hw, 3))
-    a, b = ours(x), ref(x)
-    assert a.shape == b.shape == (2, 2 * hw[0], 2 * hw[1], 2)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
-    # the hand-written backward pass equals autodiff of lax.conv_transpose, in float64 (the
-    # functions keep the dtype) so that rounding does not grow with the map
-    x64, kern = x.astype(jnp.float64), ours.kernel[...].astype(jnp.float64)
-    lax_tconv = lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(3.0 * f(x, k)))
-    ga = jax.grad(loss(models._conv_transpose2x), argnums=(0, 1))(x64, kern)
-    gb = jax.grad(loss(lax_tconv), argnums=(0, 1))(x64, kern)
-    for u, v in zip(ga, gb):
-        assert u.shape == v.shape and u.dtype == jnp.float64
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=1e-11)
+def _np_conv(x, w, b, stride, pads):
+    """Oracle: direct NumPy cross-correlation, y[o] = sum_t xpad[stride o + t] w[t] (+ b)."""
+    (plo, phi), (qlo, qhi) = pads
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (plo, phi), (qlo, qhi), (0, 0)))
+    kh, kw = w.shape[:2]
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for t in range(kh):
+        for u in range(kw):
+            patch = xp[:, t : t + stride * (ho - 1) + 1 : stride, u : u + stride * (wo - 1) + 1 : stride]
+            y += patch @ np.asarray(w[t, u], np.float64)
+    return y + (0 if b is None else np.asarray(b, np.float64))
 
 
-def test_conv_transpose_second_derivative():
-    """The custom VJP is itself differentiable: a gradient of a gradient norm (as in a
-    gradient penalty) equals the one through lax.conv_transpose."""
-    x = _images((2, 3, 2, 3))
-    kern = jax.random.normal(jax.random.key(4), (4, 4, 3, 2), jnp.float32) * 0.3
-    lax_tconv = lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _np_conv_transpose2x(x, w, b):
+    """Oracle: direct NumPy scatter of a stride-2 'SAME' transposed convolution without kernel
+    flip: input pixel m and tap t add x[m] w[t] to output 2 m + p - t (kept if inside the 2 H
+    outputs), p = k - 1 for k <= 2 and ceil(k / 2) otherwise. For k = 4 this is PyTorch's
+    ConvTranspose2d(stride=2, padding=1) with the kernel flipped (benchmarks/torch_pix2pix.py),
+    and the layout of every qdjax checkpoint's transposed-convolution kernels."""
+    bsz, h, wd, _ = x.shape
+    k = w.shape[0]
+    p = k - 1 if k <= 2 else -(-k // 2)
+    y = np.zeros((bsz, 2 * h, 2 * wd, w.shape[3]))
+    x64 = np.asarray(x, np.float64)
+    for m in range(h):
+        for n in range(wd):
+            for t in range(k):
+                for u in range(k):
+                    i, j = 2 * m + p - t, 2 * n + p - u
+                    if 0 <= i < 2 * h and 0 <= j < 2 * wd:
+                        y[:, i, j] += x64[:, m, n] @ np.asarray(w[t, u], np.float64)
+    return y + (0 if b is None else np.asarray(b, np.float64))
 
-    def penalty(f):
-        def inner(x, k):
-            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, k))))(x)
-            return jnp.sum(gx**2)
-        return jax.grad(inner, argnums=1)
 
-    np.testing.assert_allclose(
-        np.asarray(penalty(models._conv_transpose2x)(x, kern)), np.asarray(penalty(lax_tconv)(x, kern)),
-        rtol=1e-4, atol=1e-5,
+def _random_layer_params(layer, seed):
+    """Nonzero kernel and bias, so that a dropped or misplaced bias shows."""
+    rng = np.random.default_rng(seed)
+    layer.kernel[...] = jnp.asarray(rng.normal(0, 0.3, layer.kernel.shape).astype(np.float32))
+    if layer.bias is not None:
+        layer.bias[...] = jnp.asarray(rng.normal(0, 0.3, layer.bias.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4)])
+def test_conv_layers_match_numpy(kernel, hw):
+    """The two layer factories the networks use: stride-2 'SAME' convolution (SAME pads as
+    XLA: total (out - 1) 2 + k - size, the smaller half in front), explicit-padding stride-1
+    convolution, stride-2 'SAME' transposed convolution."""
+    x = _images((2, *hw, 3), seed=kernel)
+    kern = jnp.asarray(np.random.default_rng(0).normal(0, 0.3, (kernel, kernel, 3, 2)).astype(np.float32))
+    for bias in (True, False):
+        conv = models._conv_layer(3, 2, kern, stride=2, padding="SAME", use_bias=bias, rngs=nnx.Rngs(0))
+        tconv = models._conv_transpose_layer(3, 2, kern, use_bias=bias, rngs=nnx.Rngs(0))
+        pad = ((kernel - 1) // 2, (kernel - 1) // 2)
+        same = [jax.lax.padtype_to_pads(hw[i:i + 1], (kernel,), (2,), "SAME")[0] for i in range(2)]
+        if bias:
+            _random_layer_params(conv, 1)
+            tconv.bias[...] = conv.bias[...]
+        else:
+            assert conv.bias is None and tconv.bias is None
+        b = None if conv.bias is None else conv.bias[...]
+        np.testing.assert_allclose(np.asarray(conv(x)), _np_conv(x, conv.kernel[...], b, 2, same), atol=2e-6)
+        np.testing.assert_allclose(np.asarray(tconv(x)), _np_conv_transpose2x(x, kern, b), atol=2e-6)
+        if min(hw) + 2 * pad[0] >= kernel:
+            valid = models._conv_layer(3, 2, kern, stride=1, padding=(pad, pad), use_bias=bias, rngs=nnx.Rngs(0))
+            if bias:
+                valid.bias[...] = conv.bias[...]
+            np.testing.assert_allclose(np.asarray(valid(x)), _np_conv(x, kern, b, 1, (pad, pad)), atol=2e-6)
+        assert tconv(x).shape == (2, 2 * hw[0], 2 * hw[1], 2) and tconv(x).dtype == jnp.float32
+
+
+def _layer_inputs(module, x):
+    """(layer, its input) for every convolution of a network, recorded in a forward pass."""
+    seen = []
+    for layer in [m for _, m in nnx.iter_graph(module) if isinstance(m, (nnx.Conv, nnx.ConvTranspose))]:
+        call = type(layer).__call__
+
+        def spy(self, inputs, _call=call):
+            seen.append((self, inputs))
+            return _call(self, inputs)
+
+        layer.__class__ = type("Spy" + type(layer).__name__, (type(layer),), {"__call__": spy})
+    try:
+        module(x)
+    finally:
+        for layer, _ in seen:
+            layer.__class__ = layer.__class__.__mro__[1]
+    return seen
+
+
+@pytest.mark.parametrize("net", ["generator", "discriminator"])
+def test_network_layers_match_lax(net):
+    """Every convolution of the networks equals the lax operation of the layer tables, with
+    the network's own kernel (k, k, C_in, C_out) and bias: stride-2 'SAME' conv_general_dilated
+    in the encoder and the discriminator's first layers, stride-1 with (1, 1) zero padding in
+    its last two, and stride-2 'SAME' conv_transpose (no kernel flip) in the decoder."""
+    if net == "generator":
+        module = UNetGenerator(GeneratorConfig(filters=SMALL_G, norm="none"), rngs=nnx.Rngs(0))
+        x = _images((2, 64, 64, 1))
+        expected = ["conv 2 SAME"] * 6 + ["tconv"] * 6
+    else:
+        module = PatchDiscriminator(DiscriminatorConfig(filters=SMALL_D + (1,)), rngs=nnx.Rngs(0))
+        x = _images((2, 64, 64, 2))
+        expected = ["conv 2 SAME"] * 3 + ["conv 1 ((1, 1), (1, 1))"] * 2
+    for i, (_, layer) in enumerate(nnx.iter_graph(module)):
+        if isinstance(layer, (nnx.Conv, nnx.ConvTranspose)):
+            _random_layer_params(layer, i)
+    calls = _layer_inputs(module, x)
+    kinds = []
+    for layer, inputs in calls:
+        w, b = layer.kernel[...], (0.0 if layer.bias is None else layer.bias[...])
+        assert w.dtype == jnp.float32 and inputs.dtype == jnp.float32
+        if isinstance(layer, nnx.ConvTranspose):
+            kinds.append("tconv")
+            ref = jax.lax.conv_transpose(inputs, w, (2, 2), "SAME", dimension_numbers=_DN) + b
+        else:
+            s = layer.strides
+            pad = layer.padding if layer.padding == "SAME" else tuple(tuple(p) for p in layer.padding)
+            kinds.append(f"conv {s} {pad}")
+            ref = jax.lax.conv_general_dilated(inputs, w, (s, s), pad, dimension_numbers=_DN) + b
+        np.testing.assert_allclose(np.asarray(layer(inputs)), np.asarray(ref), rtol=0, atol=1e-6)
+    assert kinds == expected
+
+
+def test_parameter_layout_of_checkpoints():
+    """The parameter tree (paths, shapes, float32) that checkpoints (format qdjax.ml.pix2pix/1)
+    store, written out for the default configuration from the layer tables: checkpoints
+    written by earlier versions of these networks (the same tree) keep loading."""
+    g = UNetGenerator(GeneratorConfig(), rngs=nnx.Rngs(0))
+    d = PatchDiscriminator(DiscriminatorConfig(), rngs=nnx.Rngs(0))
+
+    def layout(module):
+        params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+        leaves = jax.tree_util.tree_leaves_with_path(params)
+        assert all(v.dtype == jnp.float32 for _, v in leaves)
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape) for path, v in leaves}
+
+    gen = {}
+    for i, (a, b) in enumerate([(1, 16), (16, 32), (32, 64), (64, 128), (128, 128), (128, 128)]):
+        gen[f"down_convs/{i}/kernel"] = (4, 4, a, b)
+        if i in (0, 5):  # first layer and 1 x 1 bottleneck: no norm, so a bias
+            gen[f"down_convs/{i}/bias"] = (b,)
+        else:
+            gen[f"down_norms/{i}/scale"] = gen[f"down_norms/{i}/bias"] = (b,)
+    for i, (a, b) in enumerate([(128, 128), (256, 128), (256, 64), (128, 32), (64, 16)]):
+        gen[f"up_convs/{i}/kernel"] = (4, 4, a, b)
+        gen[f"up_norms/{i}/scale"] = gen[f"up_norms/{i}/bias"] = (b,)
+    gen["out_conv/kernel"], gen["out_conv/bias"] = (4, 4, 32, 1), (1,)
+    disc = {}
+    for i, (a, b) in enumerate([(2, 16), (16, 32), (32, 64), (64, 128), (128, 1)]):
+        disc[f"convs/{i}/kernel"] = (4, 4, a, b)
+        if i in (0, 4):
+            disc[f"convs/{i}/bias"] = (b,)
+        else:
+            disc[f"norms/{i}/scale"] = disc[f"norms/{i}/bias"] = (b,)
+    assert layout(g) == gen
+    assert layout(d) == disc
+
+
+# ----------------------------------------------------------------------------- differentiation
+
+
+def test_generator_forward_mode():
+    """jax.jvp through the generator (input and parameter tangents) is the transpose of
+    jax.vjp: <J v, J v> computed both ways, <J v, J v> = <J^T (J v), v>."""
+    g = UNetGenerator(GeneratorConfig(filters=SMALL_G, norm="batch"), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(g, nnx.Param, ...)
+    x, v = _images((2, 64, 64, 1)), _images((2, 64, 64, 1), seed=1)
+    p_tangent = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype) * 0.02, params)
+
+    def f(x, params):
+        return nnx.merge(graphdef, params, rest)(x)
+
+    y, jv = jax.jvp(f, (x, params), (v, p_tangent))
+    assert y.shape == jv.shape == (2, 64, 64, 1) and jv.dtype == jnp.float32
+    _, vjp = jax.vjp(f, x, params)
+    jt_x, jt_p = vjp(jv)
+    lhs = float(jnp.vdot(jv, jv))
+    rhs = float(jnp.vdot(jt_x, v)) + sum(
+        float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(jt_p), jax.tree.leaves(p_tangent))
     )
+    assert lhs > 1e-3
+    assert rhs == pytest.approx(lhs, rel=1e-4)
+    # and against a central difference in the input (float32; the ReLU kinks that the step
+    # crosses make the error first order in it: about 5e-4 of |J v| here at step 1e-3)
+    eps = 1e-3
+    fd = (f(x + eps * v, params) - f(x - eps * v, params)) / (2 * eps)
+    jv_x = jax.jvp(lambda x: f(x, params), (x,), (v,))[1]
+    assert float(jnp.linalg.norm(fd - jv_x)) < 1e-2 * float(jnp.linalg.norm(jv_x))
+
+
+def test_discriminator_forward_over_reverse():
+    """A Hessian-vector product of a discriminator score by forward over reverse mode (as
+    gradient penalties need) equals the one by reverse over reverse, and the Hessian is
+    symmetric: <u, H v> = <v, H u>."""
+    d = PatchDiscriminator(DiscriminatorConfig.preset("patch16", widths=SMALL_D), rngs=nnx.Rngs(0))
+    x, u, v = (_images((1, 16, 16, 2), seed=s) for s in range(3))
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(d(x))))
+    hv = jax.jvp(grad, (x,), (v,))[1]
+    hu = jax.jvp(grad, (x,), (u,))[1]
+    hv_rev = jax.grad(lambda x: jnp.vdot(grad(x), v))(x)
+    scale = float(jnp.max(jnp.abs(hv)))
+    assert scale > 1e-3
+    np.testing.assert_allclose(np.asarray(hv), np.asarray(hv_rev), rtol=0, atol=1e-5 * scale)
+    assert float(jnp.vdot(u, hv)) == pytest.approx(float(jnp.vdot(v, hu)), rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- discriminator

@@ -11,6 +11,10 @@ Mach. Learn.: Sci. Technol. 4, 025023 (2023), section III.2 and Table I:
 * discriminator: a fully convolutional classifier of the (input, target) pair whose output
   is a map of real/fake logits, one per patch of `receptive_field(config)` pixels.
 
+The layers are Flax's own: ``nnx.Conv`` and ``nnx.ConvTranspose`` (``lax.conv_general_dilated``
+and ``lax.conv_transpose``, which XLA lowers to cuDNN on a GPU), ``nnx.InstanceNorm`` and
+``nnx.BatchNorm``; the networks are differentiable in reverse and forward mode.
+
 Images are NHWC float32 arrays in [-1, 1] (see `qdjax.ml.scaling`). Importing qdjax turns
 on 64-bit mode, so every layer here is built with ``param_dtype=dtype=float32`` and every
 input is cast to float32: parameters, activations and outputs are float32.
@@ -61,7 +65,6 @@ PIX2PIX_DISCRIMINATOR_WIDTHS = (64, 128, 256, 512)
 NORMS = ("instance", "batch", "none")
 
 _F32 = jnp.float32
-_INIT = nnx.initializers.normal(stddev=0.02)  # Table I: Gaussian, mean 0, std 0.02
 _NORM_EPS = 1e-5
 
 
@@ -424,10 +427,11 @@ def discriminator_output_size(config: DiscriminatorConfig | str, image_size: int
 
 @functools.partial(jax.jit, static_argnums=1)
 def _normal_kernels(key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
-    """Independent N(0, 0.02) float32 arrays of the given shapes, from a single draw.
+    """Independent N(0, 0.02) float32 arrays of the given shapes, from a single draw
+    (Table I: Gaussian initialisation, mean 0, standard deviation 0.02).
 
-    One compiled program per architecture: drawing each kernel separately costs one
-    (slow, about 1 s on CPU) compilation of the threefry generator per distinct shape.
+    One compiled program per architecture: drawing each kernel separately would compile
+    the threefry generator once per distinct kernel shape.
     """
     sizes = [math.prod(shape) for shape in shapes]
     flat = 0.02 * jax.random.normal(key, (sum(sizes),), _F32)
@@ -447,6 +451,40 @@ def _fixed(value: jax.Array):
         return value.astype(dtype)
 
     return init
+
+
+def _conv_layer(
+    in_features: int,
+    out_features: int,
+    kernel: jax.Array,
+    *,
+    stride: int,
+    padding: str | tuple[tuple[int, int], tuple[int, int]],
+    use_bias: bool,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """``nnx.Conv`` (``lax.conv_general_dilated``, NHWC x HWIO), float32 parameters and
+    compute, with the drawn (k, k, C_in, C_out) `kernel` as its initial kernel and a zero
+    bias of shape (C_out,) if `use_bias`."""
+    k = kernel.shape[0]
+    return nnx.Conv(
+        in_features, out_features, (k, k), strides=stride, padding=padding, use_bias=use_bias,
+        dtype=_F32, param_dtype=_F32, kernel_init=_fixed(kernel), rngs=rngs,
+    )
+
+
+def _conv_transpose_layer(
+    in_features: int, out_features: int, kernel: jax.Array, *, use_bias: bool, rngs: nnx.Rngs
+) -> nnx.ConvTranspose:
+    """``nnx.ConvTranspose`` with stride 2 and 'SAME' padding, (B, H, W, C_in) ->
+    (B, 2H, 2W, C_out): ``lax.conv_transpose`` without kernel flip (``transpose_kernel=False``),
+    kernel (k, k, C_in, C_out) initialised to the drawn `kernel`, float32 parameters and
+    compute, zero bias (C_out,) if `use_bias`."""
+    k = kernel.shape[0]
+    return nnx.ConvTranspose(
+        in_features, out_features, (k, k), strides=2, padding="SAME", use_bias=use_bias,
+        transpose_kernel=False, dtype=_F32, param_dtype=_F32, kernel_init=_fixed(kernel), rngs=rngs,
+    )
 
 
 def _make_norm(kind: str, features: int, rngs: nnx.Rngs) -> nnx.Module | None:
@@ -472,258 +510,6 @@ def _apply_norm(norm: nnx.Module | None, x: jax.Array, train: bool) -> jax.Array
 def _dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
-
-
-def _tconv_lead(kernel: int) -> int:
-    """Leading zeros p of a stride-2 'SAME' ``lax.conv_transpose`` with a k-tap kernel along
-    one axis: ceil(k / 2) for k >= 3, k - 1 for k <= 2."""
-    return kernel - 1 if 2 > kernel - 1 else -(-kernel // 2)
-
-
-def _phase_taps(kernel: int) -> tuple[tuple[tuple[int, ...], int], tuple[tuple[int, ...], int]]:
-    """Per output phase a in {0, 1}: (kernel taps t, input offset of the first tap) of a
-    stride-2 'SAME' transposed convolution along one axis.
-
-    ``lax.conv_transpose`` (no kernel flip) computes y[o] = sum_t xd[o + t - p] w[t] with xd
-    the input dilated by 2 and p = `_tconv_lead` (k) leading zeros, so
-    y[2 m + a] = sum over t with (a + t - p) even of x[m + (a + t - p) / 2] w[t].
-    """
-    pad = _tconv_lead(kernel)
-    out = []
-    for a in range(2):
-        taps = tuple(t for t in range(kernel) if (a + t - pad) % 2 == 0)
-        out.append((taps, (a + taps[0] - pad) // 2 if taps else 0))
-    return tuple(out)
-
-
-def _as_product(pixels: int, contraction: int) -> bool:
-    """Whether a convolution with `pixels` output pixels per image and
-    kh * kw * C_in = `contraction` is evaluated as one matrix
-    product over image patches (see `_conv`): maps of at most 4 x 4 pixels, and maps of at
-    most 8 x 8 pixels with a contraction of at least 4096 (measured on XLA's CPU backend)."""
-    return pixels <= 16 or (pixels <= 64 and contraction >= 4096)
-
-
-def _patches(
-    xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int, flip: bool = False
-) -> jax.Array:
-    """Image patches of a padded NHWC array: (B, ho, wo, kh * kw * C), taps in HWI order.
-
-    Entry [b, m, n, (i * kw + j) * C + c] = xp[b, stride m + i, stride n + j, c]: the
-    rows of the im2col matrix whose product with an HWIO kernel reshaped to (kh kw C, C_out)
-    is the 'VALID' convolution. ``flip=True`` reverses the taps, xp[b, stride m + kh - 1 - i,
-    stride n + kw - 1 - j, c]: the patches whose product with a kernel is the convolution
-    with the flipped kernel. Static strided slices and one concatenation, no gather.
-    """
-    offsets = [((kh - 1 - i, kw - 1 - j) if flip else (i, j)) for i in range(kh) for j in range(kw)]
-    cols = [
-        xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] for i, j in offsets
-    ]
-    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple) -> jax.Array:
-    """2-D convolution (cross-correlation) of NHWC `x` with an HWIO `kernel`, float32.
-
-    The same result (to float32 rounding) as ``lax.conv_general_dilated(x, kernel, (stride,
-    stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``. Small maps (the inner
-    U-Net and discriminator layers, where the channel counts are large) are evaluated as one matrix product of the image
-    patches with the reshaped kernel (`_as_product` decides): XLA's CPU backend runs that
-    product and its gradients (two more products) far faster than the gradients of
-    ``conv_general_dilated`` on such maps (pix2pix widths, 4 x 4 -> 2 x 2 layer, 512
-    channels, batch 8: ~15 ms instead of ~300 ms for value and gradients on 2 cores; see
-    `benchmarks/bench_train.py`). Larger maps keep ``conv_general_dilated``. Jitted (static
-    `stride`, `padding`), so that an eager call of a model compiles one program per layer
-    shape instead of one per slice of the patch extraction; inside a jitted caller it is
-    inlined.
-
-    Args:
-      x: (B, H, W, C_in) float32.
-      kernel: (kh, kw, C_in, C_out) float32.
-      stride: the same in both directions.
-      padding: "SAME", "VALID" or ((lo, hi), (lo, hi)) zeros.
-    Returns:
-      (B, H', W', C_out) float32.
-    """
-    kh, kw, c_in, c_out = kernel.shape
-    b, h, w, _ = x.shape
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (stride, stride), padding)
-    (plo, phi), (qlo, qhi) = padding
-    ho = (h + plo + phi - kh) // stride + 1
-    wo = (w + qlo + qhi - kw) // stride + 1
-    if not _as_product(ho * wo, kh * kw * c_in):
-        return jax.lax.conv_general_dilated(
-            x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-    xp = jnp.pad(x, ((0, 0), (plo, phi), (qlo, qhi), (0, 0)))
-    p = _patches(xp, kh, kw, stride, ho, wo).reshape(b * ho * wo, kh * kw * c_in)
-    return jnp.dot(p, kernel.reshape(kh * kw * c_in, c_out)).reshape(b, ho, wo, c_out)
-
-
-class Conv(nnx.Module):
-    """2-D convolution layer: (B, H, W, C_in) -> (B, H', W', C_out), float32, evaluated by `_conv`.
-
-    Same parameters (kernel (k, k, C_in, C_out), optional bias (C_out,)) and the same result
-    as ``nnx.Conv(C_in, C_out, (k, k), strides=stride, padding=padding)``.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel: int,
-        *,
-        stride: int,
-        padding: str | tuple,
-        use_bias: bool,
-        rngs: nnx.Rngs,
-        kernel_init=_INIT,
-    ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.kernel_size = kernel
-        self.stride = stride
-        self.padding = padding
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel, kernel, in_features, out_features), _F32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = _conv(jnp.asarray(x).astype(_F32), self.kernel[...], self.stride, self.padding)
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
-
-
-def _tconv_pads(kernel: int) -> tuple[int, int]:
-    """(low, high) zero padding that turns the output gradient of a stride-2 'SAME'
-    transposed convolution into the input of its adjoint, a stride-2 'VALID' convolution
-    with the kernel flipped: gz[m, t] = g[2 m + p - t] = gp[2 m + (k - 1 - t)], with gp the
-    gradient padded by k - 1 - p in front and p - 1 behind (p = `_tconv_lead` (k))."""
-    p = _tconv_lead(kernel)
-    return kernel - 1 - p, p - 1
-
-
-def _overlap_add(z: jax.Array) -> jax.Array:
-    """Overlap-add of per-tap products: (B, H, W, k, k, C) -> (B, 2H, 2W, C), float32.
-
-    out[b, 2 m + p - t, 2 n + p - u, c] = sum of z[b, m, n, t, u, c] over the in-range
-    targets, p = `_tconv_lead` (k): the scatter of a stride-2 'SAME' transposed convolution.
-    Evaluated per output phase (row and column parity) as a sum of shifted slices, then
-    interleaved, so there is no scatter operation.
-    """
-    b, h, w, k, _, c = z.shape
-    phases = _phase_taps(k)
-    lo = max([0] + [-off for taps, off in phases if taps])
-    hi = max([0] + [off + len(taps) - 1 for taps, off in phases if taps])
-    zp = jnp.pad(z, ((0, 0), (lo, hi), (lo, hi), (0, 0), (0, 0), (0, 0)))
-    rows = []
-    for taps_r, off_r in phases:
-        cols = []
-        for taps_c, off_c in phases:
-            terms = [
-                zp[:, lo + off_r + i : lo + off_r + i + h, lo + off_c + j : lo + off_c + j + w, t, u]
-                for i, t in enumerate(taps_r)
-                for j, u in enumerate(taps_c)
-            ]
-            cols.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, h, w, c), z.dtype))
-        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, C)
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c)
-
-
-def _tap_matrix(kernel: jax.Array) -> jax.Array:
-    """(k, k, C_in, C_out) kernel -> (C_in, k k C_out) matrix of all taps: the operand of the
-    forward product of `_conv_transpose2x` and, transposed inside the product, of its input
-    gradient (one copy of the kernel, shared by both passes under jit)."""
-    k, _, c_in, c_out = kernel.shape
-    return kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
-
-
-@jax.custom_vjp
-def _conv_transpose2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-2 'SAME' transposed convolution without kernel flip, float32:
-    (B, H, W, C_in), (k, k, C_in, C_out) -> (B, 2H, 2W, C_out).
-
-    Equals ``lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC",
-    "HWIO", "NHWC"))`` to float32 rounding (the tests compare). Evaluated as one product of
-    every input pixel with every kernel tap, (B H W, C_in) x (C_in, k k C_out), followed by
-    `_overlap_add`: no multiplication by dilation zeros, and one large matrix product where
-    a convolution on a dilated input would run. Reverse-mode differentiation (custom VJP):
-    the input gradient is a stride-2 convolution of the padded output gradient with the
-    flipped kernel, evaluated as the gradient's image patches with their taps reversed
-    (`_patches` with ``flip=True``) times the transpose of the forward pass's tap matrix,
-    and the kernel gradient is the product of the input with the same patches: two matrix
-    products and one patch extraction, and no flipped or transposed copy of the kernel
-    (with the pix2pix widths such copies of the 512-channel kernels took about a tenth of
-    the training step). Forward-mode (``jax.jvp``) is not defined.
-    """
-    b, h, w, c_in = x.shape
-    k, c_out = kernel.shape[0], kernel.shape[3]
-    z = jnp.dot(x.reshape(b * h * w, c_in), _tap_matrix(kernel)).reshape(b, h, w, k, k, c_out)
-    return _overlap_add(z)
-
-
-def _conv_transpose2x_fwd(x, kernel):
-    return _conv_transpose2x(x, kernel), (x, kernel)
-
-
-def _conv_transpose2x_bwd(res, g):
-    x, kernel = res
-    b, h, w, c_in = x.shape
-    k, c_out = kernel.shape[0], kernel.shape[3]
-    lo, hi = _tconv_pads(k)
-    zero = jnp.zeros((), g.dtype)
-    gp = jax.lax.pad(g, zero, ((0, 0, 0), (lo, hi, 0), (lo, hi, 0), (0, 0, 0)))  # hi may be -1: a crop
-    # gz[m, n, (t k + u) C_out + c] = d out / d z[m, n, t, u, c]: taps in the kernel's order
-    gz = _patches(gp, k, k, 2, h, w, flip=True).reshape(b * h * w, k * k * c_out)
-    gx = jax.lax.dot_general(gz, _tap_matrix(kernel), (((1,), (1,)), ((), ()))).reshape(x.shape)  # gz taps^T
-    gk = jnp.dot(x.reshape(b * h * w, c_in).T, gz).reshape(c_in, k, k, c_out)
-    return gx, gk.transpose(1, 2, 0, 3)
-
-
-_conv_transpose2x.defvjp(_conv_transpose2x_fwd, _conv_transpose2x_bwd)
-#: `_conv_transpose2x` jitted: one program per layer shape in eager calls (see `_conv`).
-_conv_transpose2x_jit = jax.jit(_conv_transpose2x)
-
-
-class ConvTranspose2x(nnx.Module):
-    """Transposed convolution with stride 2 and 'SAME' padding: (B, H, W, C_in) -> (B, 2H, 2W, C_out).
-
-    Same parameters (kernel (k, k, C_in, C_out), bias (C_out,)) and the same result as
-    ``nnx.ConvTranspose(C_in, C_out, (k, k), strides=2, padding='SAME')``, i.e.
-    ``lax.conv_transpose`` without kernel flip (checked in the tests), evaluated by
-    `_conv_transpose2x`: one matrix product of the input pixels with all kernel taps, then
-    an overlap-add, with a hand-written backward pass of two matrix products. XLA's CPU
-    backend runs the gradients of ``lax.conv_transpose``, and of its sub-pixel form as
-    four stride-1 convolutions, far slower on the U-Net's outer layers (few output
-    channels on large maps): authors' widths, batch 32, 32 x 32 x 32 -> 64 x 64 x 1, value
-    and gradients 34 ms as four convolutions, 2.8 ms this way, on 2 CPU cores; see
-    docs/benchmarks.md. Reverse-mode differentiable only. float32 in, float32 out.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel: int,
-        *,
-        use_bias: bool,
-        rngs: nnx.Rngs,
-        kernel_init=_INIT,
-    ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.kernel_size = kernel
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel, kernel, in_features, out_features), _F32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = _conv_transpose2x_jit(jnp.asarray(x).astype(_F32), self.kernel[...])
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
-
 
 def _check_nhwc(name: str, x: jax.Array, size: int | None, channels: int) -> None:
     if x.ndim != 4:
@@ -753,9 +539,11 @@ class UNetGenerator(nnx.Module):
         up4    tconv 4x4/2, norm, ReLU                  (B, 32, 32, 16)   ++ down0 -> 32
         out    tconv 4x4/2, tanh                        (B, 64, 64, C_out)
 
-    (``++`` is concatenation along channels: the U-Net skip connections.) Convolutions are
-    'SAME'-padded; those followed by a normalisation have no bias. Kernels are drawn from
-    N(0, 0.02), biases start at 0, norm scales at 1.
+    (``++`` is concatenation along channels: the U-Net skip connections.) ``down_convs`` are
+    ``nnx.Conv`` with stride 2, ``up_convs`` and ``out_conv`` ``nnx.ConvTranspose`` with
+    stride 2 (``lax.conv_transpose`` without kernel flip), all 'SAME'-padded, kernels
+    (k, k, C_in, C_out); those followed by a normalisation have no bias. Kernels are drawn
+    from N(0, 0.02), biases start at 0, norm scales at 1.
     """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig(), *, rngs: nnx.Rngs):
@@ -778,19 +566,15 @@ class UNetGenerator(nnx.Module):
         shapes = tuple((k, k, a, b) for a, b, _ in down + up) + ((k, k, c_in, config.out_channels),)
         kernels = iter(_normal_kernels(rngs.params(), shapes))
         self.down_convs = nnx.List([
-            Conv(a, b, k, stride=2, padding="SAME", use_bias=norm == "none",
-                 kernel_init=_fixed(next(kernels)), rngs=rngs)
+            _conv_layer(a, b, next(kernels), stride=2, padding="SAME", use_bias=norm == "none", rngs=rngs)
             for a, b, norm in down
         ])
         self.down_norms = nnx.List([_make_norm(norm, b, rngs) for _, b, norm in down])
         self.up_convs = nnx.List([
-            ConvTranspose2x(a, b, k, use_bias=norm == "none", kernel_init=_fixed(next(kernels)), rngs=rngs)
-            for a, b, norm in up
+            _conv_transpose_layer(a, b, next(kernels), use_bias=norm == "none", rngs=rngs) for a, b, norm in up
         ])
         self.up_norms = nnx.List([_make_norm(norm, b, rngs) for _, b, norm in up])
-        self.out_conv = ConvTranspose2x(
-            c_in, config.out_channels, k, use_bias=True, kernel_init=_fixed(next(kernels)), rngs=rngs
-        )
+        self.out_conv = _conv_transpose_layer(c_in, config.out_channels, next(kernels), use_bias=True, rngs=rngs)
 
     def encode(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
         """Encoder feature maps, float32: [(B, S/2, S/2, f_0), ..., (B, 1, 1, f_-1)] for the default S.
@@ -854,7 +638,9 @@ class PatchDiscriminator(nnx.Module):
         zero-pad 1, conv 4x4/1 valid (logits)            (B,  6,  6, 1)
 
     Receptive field 70 x 70 (larger than the image: an "ImageGAN"). The other presets are
-    in `DISCRIMINATOR_PRESETS`; `discriminator_output_size` gives S'.
+    in `DISCRIMINATOR_PRESETS`; `discriminator_output_size` gives S'. Every layer of
+    ``convs`` is an ``nnx.Conv`` with kernel (k, k, C_in, C_out) and the padding of
+    `DiscriminatorConfig.paddings`.
     """
 
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig(), *, rngs: nnx.Rngs):
@@ -869,9 +655,8 @@ class PatchDiscriminator(nnx.Module):
         for i, (f, k, pad) in enumerate(zip(config.filters, config.kernels, config.paddings())):
             norm = config.norm if 0 < i < n_layers - 1 else "none"
             convs.append(
-                Conv(c_ins[i], f, k, stride=config.strides[i],
-                     padding=pad if pad == "SAME" else (pad, pad), use_bias=norm == "none",
-                     kernel_init=_fixed(kernels[i]), rngs=rngs)
+                _conv_layer(c_ins[i], f, kernels[i], stride=config.strides[i],
+                            padding=pad if pad == "SAME" else (pad, pad), use_bias=norm == "none", rngs=rngs)
             )
             norms.append(_make_norm(norm, f, rngs))
         self.convs = nnx.List(convs)
