@@ -19,8 +19,8 @@ Three measurements, which `benchmarks/bench_train.py --roofline` also takes in i
 - `gemm_gflops()`: the best rate of a large float32 matrix product in XLA (jnp.dot)
   and, if installed, PyTorch: what tuned libraries reach on the best-shaped problem.
 
-A step rate r (steps/s) is r * step_flops(config) / 1e9 GFLOP/s of useful arithmetic; a
-target rate can be set against the peak.
+A step rate r (steps/s) is r * step_flops(config) / 1e9 GFLOP/s of useful arithmetic, the
+same for every implementation of the step, which can be set against the peak.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Same architecture, losses and optimiser as `qdjax.ml.models` / `qdjax.ml.train` 
 Tensors are NCHW (PyTorch's layout). `load_jax_params` copies the parameters of a
 `qdjax.ml.train.TrainState` into the modules (HWIO -> OIHW; for the transposed
 convolutions HWIO -> (C_in, C_out, kH, kW) with the spatial axes flipped, since qdjax's
-transposed convolution is ``lax.conv_transpose`` without kernel flip while PyTorch's is the
+``nnx.ConvTranspose`` is ``lax.conv_transpose`` without kernel flip while PyTorch's is the
 adjoint of a convolution).
 
 Only needed by ``benchmarks/bench_train.py`` and its test; torch is not a dependency of qdjax.
