@@ -4,9 +4,10 @@ Modules, in data-flow order:
 
 * `qdjax.ml.scaling`    affine maps between physical images (eV, nm^-2) and [-1, 1];
 * `qdjax.ml.models`     configurations, U-Net generator, PatchGAN discriminator, receptive fields;
+* `qdjax.ml.state`      the training state (`TrainState`): initialisation, optimiser;
+* `qdjax.ml.checkpoint` Orbax checkpoints: latest and best-by-validation-R^2, exact resume;
 * `qdjax.ml.train`      losses, the pure jitted training step, augmentation (jitter, flips,
                         the symmetry group of the square), prediction and the `fit` loop;
-* `qdjax.ml.checkpoint` Orbax checkpoints: latest and best-by-validation-R^2, exact resume;
 * `qdjax.ml.benchmark`  wall-clock time of one training step (``python -m qdjax.ml.benchmark``).
 
 The ML side imports Flax, Optax and Orbax; the physics core never imports it.

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from qdjax.ml.models import Pix2PixConfig
-from qdjax.ml.train import METRIC_NAMES, TrainState, init_state
+from qdjax.ml.state import METRIC_NAMES, TrainState, init_state
 
 __all__ = ["FORMAT", "Checkpointer", "Restored", "read_config", "load_state"]
 

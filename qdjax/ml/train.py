@@ -11,32 +11,39 @@ The log-sigmoids are evaluated stably with `optax.sigmoid_binary_cross_entropy`.
 networks are updated with Adam from gradients taken at the same parameters (simultaneous
 update, as in the pix2pix reference implementations).
 
-The training state is a pytree (`TrainState`) of plain dicts of float32 arrays and Optax
-states; `make_train_step` returns a pure, jitted ``train_step(state, batch, key)``. Images
-enter as (B, S, S, C) arrays in [-1, 1] (`qdjax.ml.scaling`).
+The training state is a pytree (`TrainState`, built by `init_state`; both in
+`qdjax.ml.state` and re-exported here) of plain dicts of float32 arrays and Optax states;
+`make_train_step` returns a pure, jitted ``train_step(state, batch, key)``. Images enter as
+(B, S, S, C) arrays in [-1, 1] (`qdjax.ml.scaling`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, struct
+from flax import nnx
 from jax.typing import ArrayLike
 
 from qdjax import metrics as qd_metrics
-from qdjax.ml.models import (
-    DiscriminatorConfig,
-    GeneratorConfig,
-    PatchDiscriminator,
-    Pix2PixConfig,
-    UNetGenerator,
+from qdjax.ml.checkpoint import Checkpointer
+from qdjax.ml.models import Pix2PixConfig, UNetGenerator
+from qdjax.ml.state import (
+    METRIC_NAMES,
+    TrainState,
+    discriminator_from_state,
+    generator_from_state,
+    init_state,
+    learning_rate_schedule,
 )
+from qdjax.ml.state import discriminator_graphdef as _discriminator_graphdef
+from qdjax.ml.state import generator_graphdef as _generator_graphdef
+from qdjax.ml.state import optimizer as _optimizer
 
 __all__ = [
     "TrainState",
@@ -58,106 +65,6 @@ __all__ = [
 ]
 
 _F32 = jnp.float32
-
-#: Per-step metrics returned by the training step (all float32 scalars).
-METRIC_NAMES = ("g_loss", "g_gan", "g_l1", "d_loss", "d_real", "d_fake")
-
-
-# ----------------------------------------------------------------------------- state
-
-
-@struct.dataclass
-class TrainState:
-    """Everything a training step reads and writes, as a pytree.
-
-    Attributes:
-      step: int32 scalar, number of training steps taken.
-      g_params, d_params: nested dicts of float32 arrays, the generator's and the
-        discriminator's trainable parameters (``nnx.to_pure_dict`` of their ``nnx.Param``s).
-      g_stats, d_stats: nested dicts of float32 arrays, batch-norm running averages (empty
-        dicts for instance norm or no norm).
-      g_opt, d_opt: Optax Adam states of the two parameter trees.
-      config: the `Pix2PixConfig` (static: not a pytree leaf, part of the tree structure).
-    """
-
-    step: jax.Array
-    g_params: dict
-    g_stats: dict
-    d_params: dict
-    d_stats: dict
-    g_opt: Any
-    d_opt: Any
-    config: Pix2PixConfig = struct.field(pytree_node=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _generator_graphdef(config: GeneratorConfig):
-    """The generator's static graph (no arrays allocated); cached per hashable config."""
-    abstract = nnx.eval_shape(lambda: UNetGenerator(config, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
-
-
-@functools.lru_cache(maxsize=64)
-def _discriminator_graphdef(config: DiscriminatorConfig):
-    abstract = nnx.eval_shape(lambda: PatchDiscriminator(config, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
-
-
-def learning_rate_schedule(config: Pix2PixConfig):
-    """The Adam step size: a float (constant) or an optax schedule step -> step size."""
-    if config.decay_steps == 0:
-        return config.learning_rate
-    return optax.join_schedules(
-        [optax.constant_schedule(config.learning_rate),
-         optax.linear_schedule(config.learning_rate, 0.0, config.decay_steps)],
-        [config.decay_start],
-    )  # fmt: skip
-
-
-def _optimizer(config: Pix2PixConfig) -> optax.GradientTransformation:
-    return optax.adam(learning_rate_schedule(config), b1=config.beta1, b2=config.beta2)
-
-
-def _split_pure(module: nnx.Module) -> tuple[dict, dict]:
-    _, params, stats = nnx.split(module, nnx.Param, nnx.BatchStat)
-    return nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
-
-
-def init_state(config: Pix2PixConfig, key: ArrayLike) -> TrainState:
-    """Freshly initialised networks (weights N(0, 0.02)) and Adam states, step 0.
-
-    Args:
-      config: `Pix2PixConfig`.
-      key: PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``).
-    Returns:
-      `TrainState`; all parameters float32.
-    """
-    if not isinstance(config, Pix2PixConfig):
-        raise ValueError(f"init_state needs a Pix2PixConfig, got {type(config)}")
-    kg, kd = jax.random.split(key)
-    g_params, g_stats = _split_pure(UNetGenerator(config.generator, rngs=nnx.Rngs(params=kg)))
-    d_params, d_stats = _split_pure(PatchDiscriminator(config.discriminator, rngs=nnx.Rngs(params=kd)))
-    tx = _optimizer(config)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        g_params=g_params,
-        g_stats=g_stats,
-        d_params=d_params,
-        d_stats=d_stats,
-        g_opt=tx.init(g_params),
-        d_opt=tx.init(d_params),
-        config=config,
-    )
-
-
-def generator_from_state(state: TrainState) -> UNetGenerator:
-    """The generator of a `TrainState` as an NNX module (shares no mutable state with it)."""
-    return nnx.merge(_generator_graphdef(state.config.generator), state.g_params, state.g_stats)
-
-
-def discriminator_from_state(state: TrainState) -> PatchDiscriminator:
-    """The discriminator of a `TrainState` as an NNX module."""
-    return nnx.merge(_discriminator_graphdef(state.config.discriminator), state.d_params, state.d_stats)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -614,8 +521,6 @@ def fit(
     ckpt = None
     state = None
     if checkpoint_dir is not None:
-        from qdjax.ml.checkpoint import Checkpointer
-
         ckpt = Checkpointer(checkpoint_dir, config)
         if ckpt.latest_step() is not None:
             restored = ckpt.restore()
