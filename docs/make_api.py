@@ -27,6 +27,7 @@ MODULES = [
     "qdjax.metrics",
     "qdjax.inverse",
     "qdjax.benchmark",
+    "qdjax.parallel",
     "qdjax.ml.scaling",
     "qdjax.ml.models",
     "qdjax.ml.state",

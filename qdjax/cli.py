@@ -228,7 +228,8 @@ def _add_train(subparsers) -> None:
             "of a dataset made by qdjax generate, for one electron number. Checkpoints every --eval-every steps "
             "(latest and best validation R^2 kept; running the same command again resumes the same trajectory), "
             "then restores the best, scores the test split and writes metrics.json and figures into --out. "
-            "Paper settings (Table I): --batch 1 --lr 1e-4 --discriminator image70."
+            "Each batch is split over all of JAX's devices (--devices; docs/multi-device.md). "
+            "Paper settings (Table I): --batch 1 --lr 1e-4 --discriminator image70 --devices 1."
         ),
     )
     p.add_argument("--data", required=True, help="dataset folder (qdjax generate)")
@@ -252,9 +253,31 @@ def _add_train(subparsers) -> None:
     p.add_argument("--log-input", action="store_true",
                    help="density inputs on a log scale (floor 1e-12 of the training peak) instead of linear")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
+    p.add_argument("--devices", default="all", metavar="N|all",
+                   help="data-parallel training on the first N of JAX's devices, or on all of them (default: all); "
+                        "--batch must be a multiple of their number")  # fmt: skip
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (cluster auto-detection) and train on the devices "
+                        "of all processes; run the same command on every host")  # fmt: skip
     p.add_argument("--no-figures", action="store_true", help="write checkpoints and metrics.json only, no PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
+
+
+def _devices(text: str) -> list:
+    """The devices of ``--devices N|all``: the first N of ``jax.devices()``, or all of them."""
+    import jax
+
+    available = jax.devices()
+    if text == "all":
+        return available
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= len(available):
+        raise ValueError(f"--devices must be 'all' or a number from 1 to {len(available)} (devices: {len(available)}), got {text!r}")
+    return available[:n]
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -263,6 +286,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if not 0 <= args.lr_decay <= args.steps:
         raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    devices = _devices(args.devices)
+    if args.batch % len(devices):
+        raise ValueError(f"--batch {args.batch} must be a multiple of the number of devices ({len(devices)}); "
+                         "change --batch or --devices")  # fmt: skip
     ed_config = data.config_from_manifest(data.read_manifest(args.data))
     config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
                                        image_size=ed_config.grid,
@@ -274,6 +305,7 @@ def _run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
         input_transform="log" if args.log_input else "linear",
         progress=not args.no_progress, length_nm=ed_config.length_nm, figures=not args.no_figures,
+        devices=devices,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "

@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from qdjax import plot
@@ -83,6 +84,7 @@ def run_mapping(
     train_monitor: int = 100,
     progress: bool = True,
     figures: bool = True,
+    devices: Sequence[jax.Device] | None = None,
 ) -> MappingRun:
     """Train one mapping, monitor it, restore the best checkpoint and score the test split.
 
@@ -107,6 +109,10 @@ def run_mapping(
       progress: progress bar.
       figures: write the PNG figures (module docstring); False writes only checkpoints and
         metrics.json (sweeps, batch jobs).
+      devices: devices to train on, data-parallel (default ``jax.devices()``; see
+        `qdjax.ml.train.fit`): config.batch_size must be a multiple of their number. With
+        several processes every process calls `run_mapping` alike, and process 0 writes
+        metrics.json and the figures.
 
     Returns:
       MappingRun.
@@ -152,7 +158,7 @@ def run_mapping(
     fit = train.fit(
         config, xt, yt, xv, yv, steps=steps, key=key, eval_every=eval_every,
         checkpoint_dir=str(out / "checkpoints"), symmetrize_eval=symmetrize, metadata=meta,
-        progress=progress, on_eval=on_eval,
+        progress=progress, on_eval=on_eval, devices=devices,
     )
     from qdjax.ml import checkpoint
 
@@ -177,8 +183,10 @@ def run_mapping(
         ],
         "config": config.to_dict(),
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    if figures:
+    writer = jax.process_index() == 0
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    if figures and writer:
         write_figures(fit.history, test_in, test_out, prediction, scores, mapping, out, length_nm,
                       log_input=scalers.inputs.transform == "log")
     return MappingRun(best.state, scalers, fit.history, best.step, prediction, scores, summary, out)

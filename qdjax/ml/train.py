@@ -13,15 +13,16 @@ update, as in the pix2pix reference implementations).
 
 The training state is a pytree (`TrainState`, built by `init_state`; both in
 `qdjax.ml.state` and re-exported here) of plain dicts of float32 arrays and Optax states;
-`make_train_step` returns a pure, jitted ``train_step(state, batch, key)``. Images enter as
-(B, S, S, C) arrays in [-1, 1] (`qdjax.ml.scaling`).
+`make_train_step` returns a pure, jitted ``train_step(state, batch, key)``, on one device or
+data-parallel over a mesh of devices (`qdjax.parallel`). Images enter as (B, S, S, C) arrays
+in [-1, 1] (`qdjax.ml.scaling`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from qdjax import metrics as qd_metrics
+from qdjax import parallel
 from qdjax.ml.checkpoint import Checkpointer
 from qdjax.ml.models import Pix2PixConfig, UNetGenerator
 from qdjax.ml.state import (
@@ -193,11 +195,18 @@ def _as_images(x: ArrayLike, channels: int, name: str, size: int) -> jax.Array:
     return x.astype(_F32)
 
 
-@functools.lru_cache(maxsize=16)
-def make_train_step(config: Pix2PixConfig) -> Callable:
+def make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """Builds the jitted, pure training step for `config`.
 
-    Cached per (hashable) config, so repeated calls share one compiled function.
+    Cached per (hashable) config and mesh, so repeated calls share one compiled function.
+
+    With a `mesh` (`qdjax.parallel.batch_mesh`) of D devices the step is data-parallel: it is
+    jitted with the batch split over the mesh (`qdjax.parallel.batch_sharding`) and the state,
+    key and metrics replicated (`qdjax.parallel.replicated`). XLA partitions the program, so
+    the means over the batch (losses, batch-norm statistics) are over the whole global batch
+    and the result equals that of one device up to float32 rounding. The batch size must be a
+    multiple of D (ValueError otherwise). Without a mesh (default) the step runs where its
+    arguments are, on one device.
 
     Returns:
       ``train_step(state, batch, key) -> (state, metrics)`` where
@@ -214,6 +223,13 @@ def make_train_step(config: Pix2PixConfig) -> Callable:
     """
     if not isinstance(config, Pix2PixConfig):
         raise ValueError(f"make_train_step needs a Pix2PixConfig, got {type(config)}")
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh)}")
+    return _make_train_step(config, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None) -> Callable:
     g_def = _generator_graphdef(config.generator)
     d_def = _discriminator_graphdef(config.discriminator)
     tx = _optimizer(config)
@@ -269,7 +285,14 @@ def make_train_step(config: Pix2PixConfig) -> Callable:
         )
         return new_state, metrics
 
-    return jax.jit(train_step)
+    if mesh is None:
+        return jax.jit(train_step)
+    state_sharding, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding, state_sharding),
+        out_shardings=(state_sharding, state_sharding),
+    )
 
 
 # ----------------------------------------------------------------------------- predict
@@ -460,6 +483,7 @@ def fit(
     metadata: dict | None = None,
     progress: bool = True,
     on_eval: Callable[[TrainState], dict] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> FitResult:
     """Trains pix2pix on in-memory image pairs, evaluating R^2 on a validation set.
 
@@ -469,6 +493,15 @@ def fit(
     evaluation (latest and best validation R^2 are kept, see `qdjax.ml.checkpoint`), and a
     later call with the same directory resumes from the latest checkpoint and follows the
     same trajectory as an uninterrupted run: interrupt at any time and call again.
+
+    Data parallelism: each step's batch is split over `devices` (default: all of
+    ``jax.devices()``) and the state is replicated on them (`make_train_step` with
+    ``qdjax.parallel.batch_mesh(devices)``); the losses and the trajectory are those of one
+    device up to float32 rounding, and the data order and the per-step keys do not depend
+    on the number of devices. ``config.batch_size`` must be a multiple of the number of
+    devices. With several processes (after ``jax.distributed.initialize()``), every process
+    calls `fit` with the same arguments and data; the default `devices` then spans all
+    processes. With one device, the step runs as `make_train_step(config)` on it.
 
     Args:
       config: `Pix2PixConfig` (batch size, optimiser, augmentation, networks).
@@ -484,13 +517,15 @@ def fit(
       progress: show a tqdm progress bar.
       on_eval: optional function of the state called at every evaluation; it returns a dict
         of JSON-serialisable values (e.g. test-set R^2) appended to ``history[name]``.
+      devices: devices to train on, data-parallel (default ``jax.devices()``).
     Returns:
       `FitResult` (state, history, best_step). R^2 is `qdjax.metrics.r2` with the per-pixel
       mean map of the validation targets (the set being scored); it is the same on [-1, 1]
       images as in physical units.
     Raises:
-      ValueError: bad shapes or values; a checkpoint in `checkpoint_dir` that was written
-        for another config, key or data set.
+      ValueError: bad shapes or values; a batch size that is not a multiple of the number
+        of devices; a checkpoint in `checkpoint_dir` that was written for another config,
+        key or data set.
     """
     from tqdm.auto import tqdm
 
@@ -512,6 +547,8 @@ def fit(
             f"inputs and targets must have the same number of images: train {xt.shape[0]} vs {yt.shape[0]}, "
             f"val {xv.shape[0]} vs {yv.shape[0]}"
         )
+    mesh = parallel.batch_mesh(devices)
+    parallel.check_divisible(config.batch_size, mesh)
     base_key = _as_key(key)
     key_data = np.asarray(jax.random.key_data(base_key))
     init_key, data_key, step_key = jax.random.split(base_key, 3)
@@ -538,18 +575,28 @@ def fit(
     if state is None:
         state = init_state(config, init_key)
     start = int(state.step)
-    train_step = make_train_step(config)
+    if mesh.size > 1:
+        train_step = make_train_step(config, mesh)
+        state = parallel.replicate(state, mesh)
+        place = functools.partial(parallel.global_batch, mesh=mesh)
+    else:  # uncommitted host arrays go to the device the state is on
+        train_step = make_train_step(config)
+        device = mesh.devices.flat[0]
+        if device != jax.devices()[0]:
+            state = jax.device_put(state, device)
+        place = np.asarray
     n = xt.shape[0]
     b = config.batch_size
     ckpt_meta = dict(metadata or {})
     ckpt_meta["data_fingerprint"] = fingerprint
 
     pending: list[tuple[int, dict]] = []
-    bar = tqdm(total=steps, initial=min(start, steps), disable=not progress, desc="pix2pix", unit="step")
+    quiet = not progress or jax.process_index() != 0
+    bar = tqdm(total=steps, initial=min(start, steps), disable=quiet, desc="pix2pix", unit="step")
     try:
         for step in range(start, steps):
             idx = batch_indices(data_key, step, b, n)
-            state, metrics = train_step(state, (xt[idx], yt[idx]), jax.random.fold_in(step_key, step))
+            state, metrics = train_step(state, (place(xt[idx]), place(yt[idx])), jax.random.fold_in(step_key, step))
             pending.append((step + 1, metrics))
             bar.update(1)
             done = step + 1
