@@ -74,7 +74,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import qdjax  # noqa: E402
-from qdjax import basis, benchmark, coulomb, ed, fock, potentials  # noqa: E402
+from qdjax import backend, basis, benchmark, coulomb, ed, fock, potentials  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peer_ed  # noqa: E402
@@ -92,7 +92,11 @@ def _repeats_for(batch: int, repeats: int) -> int:
 
 def stage_functions(config: qdjax.EDConfig, n: int):
     """The four stages of qdjax.ed, each jitted on its own and batched as qdjax.ed batches."""
-    m = ed.map_batch  # the batching of qdjax.ed.ground_state
+    layout = backend.sequential(config.batching)
+
+    def m(f, xs):  # the batching of qdjax.ed.ground_state
+        return ed.map_batch(f, xs, layout)
+
     single = jax.jit(lambda V: m(lambda v: ed._orbitals_and_h1(v, config)[:2], V))
     coul = jax.jit(lambda C: m(lambda c: coulomb.coulomb_tensor(basis.on_grid(c, config), config), C))
     many = jax.jit(lambda H, E: m(lambda a: ed._many_body_state(a[0], a[1], n, config)[:2], (H, E)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from qdjax import units
+from qdjax import backend, units
 
 _DTYPES = ("float64", "float32")
 _DENSITY_MODES = ("rdm1", "diagonal")
@@ -43,6 +43,11 @@ class EDConfig:
         orbitals whenever the basis allows it and Davidson for many-body spaces above
         ``qdjax.ed.FOCK_DENSE_MAX`` determinants. All give the same results to ~1e-12 eV
         (docs/benchmarks.md, qdjax.single_particle, qdjax.ed).
+      batching: how a batch of potentials is laid out (qdjax.backend): ``"vectorized"``, one
+        program with the per-instance solve under jax.vmap (the accelerator layout);
+        ``"sequential"``, one potential after another with the CPU kernel choices; ``"auto"``
+        (default), sequential when jax.default_backend() is "cpu", vectorized elsewhere. Both
+        give the same results to rounding.
     """
 
     length_nm: float = 30.0
@@ -55,6 +60,7 @@ class EDConfig:
     degeneracy_tol: float = 1e-6
     dtype: str = "float64"
     eigensolver: str = "auto"
+    batching: str = "auto"
 
     def __post_init__(self):
         for name in ("grid", "basis", "orbitals"):
@@ -78,6 +84,8 @@ class EDConfig:
             raise ValueError(f"EDConfig.degeneracy_tol must be >= 0 eV, got {self.degeneracy_tol!r}")
         if self.eigensolver not in _EIGENSOLVERS:
             raise ValueError(f"EDConfig.eigensolver must be one of {_EIGENSOLVERS}, got {self.eigensolver!r}")
+        if self.batching not in backend.BATCHING:
+            raise ValueError(f"EDConfig.batching must be one of {backend.BATCHING}, got {self.batching!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"EDConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
 

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from qdjax import basis, coulomb, fock, linalg, single_particle
+from qdjax import backend, basis, coulomb, fock, linalg, single_particle
 from qdjax.config import EDConfig
 
 
@@ -117,12 +117,18 @@ class GroundState(NamedTuple):
     density: (..., grid, grid) nm^-2, pixel-averaged, sum(density) h^2 = N.
     rdm1: (..., K, K) spin-summed one-body density matrix in the orbital basis, trace N.
     orbital_energies: (..., K) eV, lowest single-particle energies.
+    converged: (...,) bool, per instance: every iterative solver behind it (orbitals, many-body
+      states) met its residual tolerance, with a gap after the ground manifold (True for the
+      dense solvers). An eager call recomputes unconverged instances densely (module
+      docstring), so this is False there only where no dense fallback exists; under an outer
+      jax.jit it is the only sign of a solve that stopped at its iteration limit.
     """
 
     energy: jax.Array
     density: jax.Array
     rdm1: jax.Array
     orbital_energies: jax.Array
+    converged: jax.Array
 
 
 class Integrals(NamedTuple):
@@ -207,17 +213,15 @@ def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:
 @functools.partial(jax.jit, static_argnums=1)
 def _integrals_batched(V: jax.Array, config: EDConfig) -> Integrals:
     """`integrals` on V (..., grid, grid) of dtype config.dtype."""
-    if not _iterative_orbitals(config):
-        return _integrals(V, config)[0]
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
-    out = jax.vmap(lambda v: _integrals(v, config)[0])(flat)
+    with backend.full_precision(V.dtype):
+        out = backend.map_instances(lambda v: _integrals(v, config)[0], flat, backend.sequential(config.batching))
     return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
 
 
 def _integrals(V: jax.Array, config: EDConfig) -> tuple[Integrals, jax.Array]:
-    """Integrals and a convergence flag (True for the dense solver); V (grid, grid) when
-    iterative, any leading axes when dense."""
+    """Integrals and a convergence flag (True for the dense solver); V (grid, grid)."""
     orbitals, h1, converged = _orbitals_and_h1(V, config)
     eri = coulomb.coulomb_tensor(basis.on_grid(orbitals.coefficients, config), config)
     return Integrals(h1, eri, orbitals), converged
@@ -236,7 +240,7 @@ def _orbitals_and_h1(V: jax.Array, config: EDConfig):
     # the coupling inside degenerate levels that the eigenvector derivative leaves out.
     h1 = jnp.einsum("...ap,...aq->...pq", c, h0 @ c)
     h1 = 0.5 * (h1 + jnp.swapaxes(h1, -1, -2))
-    return orbitals, h1, jnp.ones(V.shape[:-2], dtype=bool)
+    return orbitals, h1, jnp.bool_(True)
 
 
 def _ground_manifold(w: jax.Array, tol: float) -> jax.Array:
@@ -301,11 +305,11 @@ def _matrix_free(config: EDConfig, n_electrons: int) -> bool:
     return fock.sector_dimension(config.orbitals, n_electrons) > FOCK_ASSEMBLED_MAX
 
 
-def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig):
-    """GroundState of one instance (unbatched integrals) and a convergence flag."""
+def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConfig, orbitals_converged):
+    """GroundState of one instance (unbatched integrals)."""
     energy, gamma, converged = _many_body_state(ints.h1, eri, n_electrons, config)
     density = density_from_rdm1(gamma, ints.orbitals.coefficients, config)
-    return GroundState(energy, density, gamma, ints.orbitals.energies), converged
+    return GroundState(energy, density, gamma, ints.orbitals.energies, orbitals_converged & converged)
 
 
 def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: EDConfig):
@@ -327,7 +331,7 @@ def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: ED
             restrict = functools.partial(_dense_block, h)
             w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), restrict, FOCK_COARSE, config)
         else:
-            w, c = linalg.eigh_lowest(h, space.dimension, tol)
+            w, c = linalg.eigh_lowest(h, space.dimension, tol, backend.per_instance_kernels(config.batching))
             converged = jnp.bool_(True)
         rdm1 = functools.partial(fock.rdm1, space)
     weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
@@ -342,7 +346,8 @@ def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: 
     block = FOCK_ROOTS + FOCK_GUARD
     diagonal = jax.lax.stop_gradient(diagonal)
     coarse = jnp.argsort(diagonal)[: max(min(n_coarse, d), block + 1)]
-    x0, pre = linalg.block_jacobi(restrict(coarse), diagonal, coarse, block)
+    sequential = backend.per_instance_kernels(config.batching)
+    x0, pre = linalg.block_jacobi(restrict(coarse), diagonal, coarse, block, sequential)
     w, c, res = linalg.lowest_eigenpairs(
         apply_h,
         params,
@@ -355,57 +360,52 @@ def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: 
         config.degeneracy_tol,
         FOCK_SOLVE_TOL[config.dtype],
         FOCK_SOLVE_MAX_ITERATIONS,
+        sequential,
     )
     converged = (jnp.max(res) <= FOCK_RESIDUAL_TOL_EV[config.dtype]) & (w[-1] - w[0] > config.degeneracy_tol)
     return w, c, converged
 
 
 def _ground_states_single(V, n_electrons: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
-    ints, converged = _integrals(V, config)
+    ints, orbitals_converged = _integrals(V, config)
     jobs = [(n, ints.eri) for n in n_electrons]
     if with_non_interacting:
         zeros = jnp.zeros_like(ints.eri)
         jobs += [(n, zeros) for n in n_electrons]
     states = []
-    after = ints.h1
+    previous = ints.h1
     for n, eri in jobs:
-        # The many-body solves run one after another: jaxlib's batched LAPACK kernels wait on
-        # XLA's intra-op thread pool from inside it, and two of them running side by side on a
-        # 2-thread pool can deadlock. optimization_barrier makes each solve wait for the last.
-        eri, _ = jax.lax.optimization_barrier((eri, after))
-        state, flag = _many_body(ints, eri, n, config)
-        converged = converged & flag
+        # one solve after another where LAPACK kernels must not run side by side (qdjax.backend)
+        state = _many_body(ints, backend.after(eri, previous), n, config, orbitals_converged)
         states.append(state)
-        after = state.energy
+        previous = state.energy
     k = len(n_electrons)
-    return GroundStates(tuple(states[:k]), tuple(states[k:]) if with_non_interacting else None), converged
+    return GroundStates(tuple(states[:k]), tuple(states[k:]) if with_non_interacting else None)
 
 
-def map_batch(f, xs, mesh: jax.sharding.Mesh | None = None):
-    """f over the leading axis of xs, one element after another (jax.lax.map).
+def map_batch(f, xs, sequential: bool, mesh: jax.sharding.Mesh | None = None):
+    """f over the leading axis of xs: one instance after another (jax.lax.map) when
+    `sequential`, else one vmapped program (qdjax.backend.map_instances).
 
     mesh: a one-axis Mesh over which the leading axis of xs is split: each of its devices maps f
       over its consecutive share (jax.shard_map), running the same program as one device on the
       whole batch, so the results do not depend on the number of devices. None (inside an outer
-      jit, where the placement is not known): a plain lax.map when jax.device_count() is 1,
-      else vmapped across gcd(batch, device_count) groups, which XLA partitions along a
-      sharded batch, with a lax.map inside each group.
-
-    Measured on a 2-core CPU (docs/benchmarks.md): one potential at a time runs faster per
-    potential than a vmapped batch, whose iterative-solver state no longer fits in cache and
-    whose while loops run until the slowest lane has converged; and a vmap even of one group
-    turns every lax.cond inside the solvers into a select that evaluates both branches.
+      jit, where the placement is not known): one map when jax.device_count() is 1, else
+      vmapped across gcd(batch, device_count) groups, which XLA partitions along a sharded
+      batch, with one map inside each group.
     """
+    def mapped(chunk):
+        return backend.map_instances(f, chunk, sequential)
+
     if mesh is not None:
         spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-        mapped = functools.partial(jax.lax.map, f)
         return jax.shard_map(mapped, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(xs)
     b = jax.tree.leaves(xs)[0].shape[0]
     groups = math.gcd(b, jax.device_count())
     if groups == 1:
-        return jax.lax.map(f, xs)
+        return mapped(xs)
     grouped = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), xs)
-    out = jax.vmap(lambda chunk: jax.lax.map(f, chunk))(grouped)
+    out = jax.vmap(mapped)(grouped)
     return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
 
 
@@ -435,8 +435,12 @@ def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, wi
                            mesh: jax.sharding.Mesh | None = None):
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
-    out = map_batch(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting), flat, mesh)
-    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+    with backend.full_precision(V.dtype):
+        out = map_batch(lambda v: _ground_states_single(v, n_electrons, config, with_non_interacting), flat,
+                        backend.sequential(config.batching), mesh)
+    out = jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+    states = out.interacting + (out.non_interacting or ())
+    return out, functools.reduce(jnp.logical_and, [s.converged for s in states])
 
 
 def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
@@ -444,6 +448,9 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     out, converged = _ground_states_batched(V, ns, config, with_non_interacting, _batch_mesh(V))
     if isinstance(converged, jax.core.Tracer) or config.eigensolver == "dense":
         return out
+    # Only the flags (one byte per instance) come to the host; the results stay where they are.
+    # (Not jnp.all on the device: a second program dispatched while the first runs can hang
+    # XLA:CPU's thread pool next to the LAPACK kernels, qdjax.backend.)
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
     if bad.size == 0:
         return out

@@ -22,41 +22,45 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from qdjax import backend
 
-@jax.custom_batching.sequential_vmap
-def symmetric_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """jnp.linalg.eigh of one symmetric matrix; under jax.vmap the matrices are done one after
-    another (a loop), never as one batched LAPACK call.
 
-    jaxlib's batched LAPACK kernels spread a batch over XLA's intra-op thread pool and wait for
-    it from inside the pool; two such kernels running side by side (independent solves, or a
-    solve inside a while loop) can deadlock a 2-thread pool. Not differentiable: used only where
-    the derivative is written out (custom JVPs here).
+def symmetric_eigh(a: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
+    """jnp.linalg.eigh of one symmetric matrix (n, n) -> (w (n,), v (n, n)).
+
+    Under jax.vmap one batched call, or, with `sequential` (the CPU layout of
+    qdjax.backend), the matrices one after another. Not differentiable: used only where the
+    derivative is written out (custom JVPs here).
     """
-    return jnp.linalg.eigh(a)
+    return backend.eigh(a, sequential)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def eigh_lowest(h: ArrayLike, k: int, tol: float):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def eigh_lowest(h: ArrayLike, k: int, tol: float, sequential: bool = False):
     """Lowest `k` eigenpairs of real symmetric matrices.
 
     Args:
       h: array (..., n, n), symmetric.
       k: number of eigenpairs kept (static), 1 <= k <= n.
       tol: eigenvalue gaps <= tol count as degenerate in the derivative (same unit as h).
+      sequential: leading axes done one matrix after another (qdjax.backend), else batched.
 
     Returns:
       (w, u): w (..., k) ascending eigenvalues; u (..., n, k) orthonormal eigenvectors.
     """
-    w, u = _eigh(h)
+    w, u = _eigh(h, sequential)
     return w[..., :k], u[..., :, :k]
 
 
 @eigh_lowest.defjvp
-def _eigh_lowest_jvp(k, tol, primals, tangents):
+def _eigh_lowest_jvp(k, tol, sequential, primals, tangents):
     (h,) = primals
-    (dh,) = tangents
-    w, u = _eigh(h)
+    with backend.full_precision(h.dtype):
+        return _eigh_lowest_jvp_terms(k, tol, sequential, h, tangents[0])
+
+
+def _eigh_lowest_jvp_terms(k, tol, sequential, h, dh):
+    w, u = _eigh(h, sequential)
     dh = 0.5 * (dh + jnp.swapaxes(dh, -1, -2))
     uk = u[..., :, :k]
     omega = jnp.einsum("...ji,...jl,...lk->...ik", u, dh, uk)  # (..., n, k): <u_i| dh |u_k>
@@ -73,12 +77,12 @@ def _eigh_lowest_jvp(k, tol, primals, tangents):
 RR_DROP_TOL = 1e2
 
 
-def _eigh(h: jax.Array):
+def _eigh(h: jax.Array, sequential: bool):
     """symmetric_eigh over any leading axes."""
     if h.ndim == 2:
-        return symmetric_eigh(h)
+        return symmetric_eigh(h, sequential)
     flat = h.reshape((-1,) + h.shape[-2:])
-    w, u = jax.vmap(symmetric_eigh)(flat)
+    w, u = jax.vmap(functools.partial(symmetric_eigh, sequential=sequential))(flat)
     return w.reshape(h.shape[:-1]), u.reshape(h.shape)
 
 
@@ -101,7 +105,7 @@ class Eigenpairs(NamedTuple):
     products: jax.Array
 
 
-def _rayleigh_ritz(basis_vectors: jax.Array, h_basis: jax.Array, k: int):
+def _rayleigh_ritz(basis_vectors: jax.Array, h_basis: jax.Array, k: int, sequential: bool):
     """Lowest k Ritz pairs of H in span(basis_vectors), robust to a rank-deficient basis.
 
     The Gram matrix G = S^T S (after unit column scaling) is diagonalised; directions with an
@@ -113,7 +117,7 @@ def _rayleigh_ritz(basis_vectors: jax.Array, h_basis: jax.Array, k: int):
     """
     gram = basis_vectors.T @ basis_vectors
     a = basis_vectors.T @ h_basis
-    return _rayleigh_ritz_eig(gram, a, k)
+    return _rayleigh_ritz_eig(gram, a, k, sequential)
 
 
 def _scaled(gram: jax.Array, a: jax.Array):
@@ -124,22 +128,22 @@ def _scaled(gram: jax.Array, a: jax.Array):
     return d, d[:, None] * gram * d[None, :], d[:, None] * a * d[None, :]
 
 
-def _orthonormalising(gram: jax.Array, drop: float, relative: bool = False):
+def _orthonormalising(gram: jax.Array, drop: float, sequential: bool, relative: bool = False):
     """(t, t) transform T with T^T G T = 1 on the kept directions, from the Gram matrix G of t
     vectors, and the kept directions (t,) bool: the eigendecomposition of G, directions with
     an eigenvalue at or below `drop` (times the largest eigenvalue if `relative`) become zero
     columns. G need not be exactly symmetric: `symmetric_eigh` symmetrises its input."""
-    lam, z = symmetric_eigh(gram)
+    lam, z = symmetric_eigh(gram, sequential)
     keep = lam > (drop * lam[-1] if relative else drop)
     return z * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0)[None, :], keep
 
 
-def _rayleigh_ritz_eig(gram: jax.Array, a: jax.Array, k: int):
+def _rayleigh_ritz_eig(gram: jax.Array, a: jax.Array, k: int, sequential: bool):
     """Rayleigh-Ritz from the Gram matrix G (m, m) and A = S^T H S (m, m) by the eigendecomposition
     of the scaled G (see `_rayleigh_ritz`)."""
     d, gram, a = _scaled(gram, a)
-    b, keep = _orthonormalising(gram, RR_DROP_TOL * jnp.sqrt(jnp.finfo(gram.dtype).eps), relative=True)
-    theta, y = symmetric_eigh(_decoupled(b.T @ a @ b, ~keep))
+    b, keep = _orthonormalising(gram, RR_DROP_TOL * jnp.sqrt(jnp.finfo(gram.dtype).eps), sequential, relative=True)
+    theta, y = symmetric_eigh(_decoupled(b.T @ a @ b, ~keep), sequential)
     return theta[:k], d[:, None] * (b @ y[:, :k])
 
 
@@ -153,7 +157,7 @@ def _decoupled(c: jax.Array, outside: jax.Array) -> jax.Array:
     return c + jnp.diag(jnp.where(outside, jnp.where(bound > 0, 2.0 * bound, 1.0), 0.0))
 
 
-def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int):
+def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int, sequential: bool):
     """Rayleigh-Ritz from G = S^T S and A = S^T H S (both (m, m)) with one eigendecomposition.
 
     With unit column scaling D and the Cholesky factor D G D = L L^T, the Ritz pairs are the
@@ -164,16 +168,18 @@ def _rayleigh_ritz_gram(gram: jax.Array, a: jax.Array, k: int):
     dependent directions instead (`_rayleigh_ritz_eig`), through lax.cond, so that branch
     costs nothing when not taken.
 
-    Under jax.vmap the instances are done one after another (jax.custom_batching.sequential_vmap),
-    so that the fallback stays a branch that is not evaluated instead of becoming a select.
+    With `sequential` (the CPU layout, qdjax.backend) the instances of a vmapped call are done
+    one after another, so that the fallback stays a branch that is not evaluated; otherwise a
+    vmapped call evaluates both branches and selects per lane.
 
     Returns:
       (theta (k,), coefficients (m, k)) with S @ coefficients orthonormal.
     """
-    return jax.custom_batching.sequential_vmap(functools.partial(_rayleigh_ritz_gram_one, k=k))(gram, a)
+    one = functools.partial(_rayleigh_ritz_gram_one, k=k, sequential=sequential)
+    return backend.per_instance(one, sequential)(gram, a)
 
 
-def _rayleigh_ritz_gram_one(gram: jax.Array, a: jax.Array, k: int):
+def _rayleigh_ritz_gram_one(gram: jax.Array, a: jax.Array, k: int, sequential: bool):
     m = gram.shape[-1]
     d, g, sa = _scaled(gram, a)
     empty = d == 0
@@ -185,16 +191,10 @@ def _rayleigh_ritz_gram_one(gram: jax.Array, a: jax.Array, k: int):
     ok = jnp.isfinite(bound) & (bound * RR_DROP_TOL * jnp.sqrt(eps) < 1.0)
 
     def factored(_):
-        theta, y = symmetric_eigh(_decoupled(linv @ sa @ linv.T, empty))
+        theta, y = symmetric_eigh(_decoupled(linv @ sa @ linv.T, empty), sequential)
         return theta[:k], d[:, None] * (linv.T @ y[:, :k])
 
-    return jax.lax.cond(ok, factored, lambda _: _rayleigh_ritz_eig(gram, a, k), None)
-
-
-def _transposed(a: jax.Array) -> jax.Array:
-    """a.T as a materialised copy. XLA would otherwise fold the transpose into the next dot as a
-    contraction over the leading axis, which XLA:CPU runs 2-3x slower than a row-major product."""
-    return jax.lax.optimization_barrier(a.T)
+    return jax.lax.cond(ok, factored, lambda _: _rayleigh_ritz_eig(gram, a, k, sequential), None)
 
 
 def lobpcg(
@@ -205,6 +205,7 @@ def lobpcg(
     tol: float,
     max_iterations: int,
     n_expand: int | None = None,
+    sequential: bool = False,
 ) -> Eigenpairs:
     """Lowest eigenpairs of a symmetric operator by the locally optimal block preconditioned
     conjugate gradient method (A. V. Knyazev, SIAM J. Sci. Comput. 23, 517 (2001)).
@@ -239,6 +240,7 @@ def lobpcg(
       n_expand: columns with a search direction (residual and last step), n_target <=
         n_expand <= k (default k, the standard method). n_expand = n_target saves work per
         iteration at a few more iterations.
+      sequential: the CPU layout of qdjax.backend (same results to rounding).
 
     Returns:
       Eigenpairs (values and vectors of all k columns; residuals of the first n_target tell
@@ -249,7 +251,8 @@ def lobpcg(
     if not n_target <= t <= k:
         raise ValueError(f"need n_target <= n_expand <= k, got {n_target}, {t}, {k}")
     hx0 = apply_h(x0)
-    theta, c = _rayleigh_ritz(x0, hx0, k)
+    theta, c = _rayleigh_ritz(x0, hx0, k, sequential)
+    tr = functools.partial(backend.transposed, is_sequential=sequential)
     x, hx = x0 @ c, hx0 @ c
     # Columns of S (and HS): X 0:k, P k:k+t (0 before the first step), W k+t:k+2t.
     m = k + 2 * t
@@ -269,19 +272,19 @@ def lobpcg(
         x, hx = s[:, :k], hs[:, :k]
         w = precondition(hx[:, :t] - x[:, :t] * theta[None, :t], theta[:t])
         xp = s[:, :k + t]
-        w = w - xp @ (_transposed(xp) @ w)
+        w = w - xp @ (tr(xp) @ w)
         s = jax.lax.dynamic_update_slice(s, w, (0, k + t))
         hs = jax.lax.dynamic_update_slice(hs, apply_h(w), (0, k + t))
-        st = _transposed(s)
+        st = tr(s)
         gram = st @ s
-        theta, c = _rayleigh_ritz_gram(gram, st @ hs, m)
+        theta, c = _rayleigh_ritz_gram(gram, st @ hs, m, sequential)
         # New X = S c_X. New P: the P and W part of the first t columns' step, S c_X without
         # its X rows, taken outside the new X (onto the other Ritz directions c_rest,
         # orthonormal in the metric of the Gram matrix) and orthonormalised there: same span
         # as [X, step], and P and H P stay consistent to rounding however small the step has
         # become.
         c_x, c_rest = c[:, :k], c[:, k:]
-        q, _ = jnp.linalg.qr(_transposed(c_rest) @ (gram @ c_x[:, :t].at[:k].set(0.0)))
+        q = backend.qr(tr(c_rest) @ (gram @ c_x[:, :t].at[:k].set(0.0)), sequential)
         update = jnp.concatenate([c_x, c_rest @ q], axis=1)
         xp, hxp = s @ update, hs @ update
         s = jax.lax.dynamic_update_slice(s, xp, (0, 0))
@@ -294,7 +297,7 @@ def lobpcg(
     return Eigenpairs(theta, s[:, :k], res, it, hs[:, :k])
 
 
-def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
+def _orthonormal_block(v: jax.Array, w: jax.Array, sequential: bool) -> jax.Array:
     """The columns of w (n, t) made orthonormal to each other and, up to rounding, to those of
     v (n, m; orthonormal or zero): unit columns, one pass of classical Gram-Schmidt against v,
     then `_orthonormalising` (directions with nothing but rounding left, Gram eigenvalue at or
@@ -302,8 +305,9 @@ def _orthonormal_block(v: jax.Array, w: jax.Array) -> jax.Array:
     Rayleigh-Ritz with the Gram matrix absorbs."""
     norms = jnp.linalg.norm(w, axis=0)
     w = w * jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)[None, :]
-    w = w - v @ (_transposed(v) @ w)
-    return w @ _orthonormalising(_transposed(w) @ w, RR_DROP_TOL * jnp.finfo(w.dtype).eps)[0]
+    tr = functools.partial(backend.transposed, is_sequential=sequential)
+    w = w - v @ (tr(v) @ w)
+    return w @ _orthonormalising(tr(w) @ w, RR_DROP_TOL * jnp.finfo(w.dtype).eps, sequential)[0]
 
 
 def _set_rows_and_columns(b: jax.Array, new: jax.Array, m: jax.Array) -> jax.Array:
@@ -321,6 +325,7 @@ def davidson(
     tol: float,
     max_iterations: int,
     max_space: int,
+    sequential: bool = False,
 ) -> Eigenpairs:
     """Lowest eigenpairs of a symmetric operator by block (generalised) Davidson with thick
     restart (E. R. Davidson, J. Comput. Phys. 17, 87 (1975); the block form used by CI codes).
@@ -349,6 +354,7 @@ def davidson(
       tol: residual norm threshold, unit of H.
       max_iterations: upper bound on iterations.
       max_space: columns of the search space, >= k + 2 n_target.
+      sequential: the CPU layout of qdjax.backend (same results to rounding).
 
     Returns:
       Eigenpairs: the k lowest Ritz pairs, the residual norms of the first n_target (0 for the
@@ -360,11 +366,12 @@ def davidson(
     if not 1 <= t <= k or max_space < k + 2 * t:
         raise ValueError(f"need 1 <= n_target <= k and max_space >= k + 2 n_target, got {t}, {k}, {max_space}")
     zero = jnp.int32(0)
+    tr = functools.partial(backend.transposed, is_sequential=sequential)
     hx0 = apply_h(x0)
     v = jnp.zeros((n, max_space), x0.dtype).at[:, :k].set(x0)
     hv = jnp.zeros((n, max_space), x0.dtype).at[:, :k].set(hx0)
-    a = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(_transposed(x0) @ hx0)
-    g = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(_transposed(x0) @ x0)
+    a = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(tr(x0) @ hx0)
+    g = jnp.zeros((max_space, max_space), x0.dtype).at[:k, :k].set(tr(x0) @ x0)
 
     def residuals(v, hv, theta, y):
         """R (n, t) of the target pairs and the residual norms (k,), 0 beyond t."""
@@ -378,7 +385,7 @@ def davidson(
         extra = y_prev
         for _ in range(2):
             extra = extra - y @ (y.T @ (g @ extra))
-        extra = extra @ _orthonormalising(extra.T @ g @ extra, RR_DROP_TOL * jnp.sqrt(jnp.finfo(y.dtype).eps))[0]
+        extra = extra @ _orthonormalising(extra.T @ g @ extra, RR_DROP_TOL * jnp.sqrt(jnp.finfo(y.dtype).eps), sequential)[0]
         z = jnp.concatenate([y, extra, jnp.zeros((max_space, max_space - k - t), y.dtype)], axis=1)
         return v @ z, hv @ z, z.T @ a @ z, z.T @ g @ z
 
@@ -394,18 +401,18 @@ def davidson(
             restart, restarted, lambda v, hv, a, g, *_: (v, hv, a, g), v, hv, a, g, y, y_prev
         )
         m = jnp.where(restart, jnp.int32(k + t), m)
-        w = _orthonormal_block(v, w)
+        w = _orthonormal_block(v, w, sequential)
         hw = apply_h(w)
         v = jax.lax.dynamic_update_slice(v, w, (zero, m))
         hv = jax.lax.dynamic_update_slice(hv, hw, (zero, m))
-        vt = _transposed(v)
+        vt = tr(v)
         a, g = _set_rows_and_columns(a, vt @ hw, m), _set_rows_and_columns(g, vt @ w, m)
         # the previous Ritz coefficients in the (possibly restarted) basis
         y_prev = jnp.where(restart, jnp.eye(max_space, k, dtype=y.dtype), y)[:, :t]
-        theta, y = _rayleigh_ritz_gram(g, a, k)
+        theta, y = _rayleigh_ritz_gram(g, a, k, sequential)
         return (v, hv, a, g, m + t, theta, y, y_prev, *residuals(v, hv, theta, y), it + 1)
 
-    theta, y = _rayleigh_ritz_gram(g, a, k)
+    theta, y = _rayleigh_ritz_gram(g, a, k, sequential)
     state = (v, hv, a, g, jnp.int32(k), theta, y, y[:, :t], *residuals(v, hv, theta, y), zero)
     v, hv, _, _, _, theta, y, _, _, res, it = jax.lax.while_loop(cond, body, state)
     return Eigenpairs(theta, v @ y, res, it, hv @ y)
@@ -483,7 +490,7 @@ class Preconditioner(NamedTuple):
     coarse_vectors: jax.Array
 
 
-def block_jacobi(h_coarse: jax.Array, diagonal: jax.Array, coarse: jax.Array, block: int):
+def block_jacobi(h_coarse: jax.Array, diagonal: jax.Array, coarse: jax.Array, block: int, sequential: bool = False):
     """Starting block and `Preconditioner` from the exact solution in a coarse subspace.
 
     Args:
@@ -493,17 +500,18 @@ def block_jacobi(h_coarse: jax.Array, diagonal: jax.Array, coarse: jax.Array, bl
       diagonal: (n,) diagonal of H.
       coarse: (s,) int indices, s >= block (e.g. the lowest diagonal entries).
       block: number of starting vectors.
+      sequential: the CPU layout of qdjax.backend.
 
     Returns:
       (x0 (n, block), Preconditioner). Not differentiated (stop_gradient).
     """
     h_coarse = jax.lax.stop_gradient(h_coarse)
-    lam, z = symmetric_eigh(0.5 * (h_coarse + h_coarse.T))
+    lam, z = symmetric_eigh(0.5 * (h_coarse + h_coarse.T), sequential)
     x0 = jnp.zeros((diagonal.shape[0], block), diagonal.dtype).at[coarse].set(z[:, :block])
     return x0, Preconditioner(jax.lax.stop_gradient(diagonal), coarse, lam, z)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 4, 5, 6, 7, 8, 9, 10))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
 def lowest_eigenpairs(
     apply_h: Callable,
     params,
@@ -516,6 +524,7 @@ def lowest_eigenpairs(
     degeneracy_tol: float,
     solve_tol: float,
     solve_max_iterations: int,
+    sequential: bool = False,
 ):
     """Lowest eigenpairs of H(params) by `davidson`, differentiable with respect to params.
 
@@ -539,15 +548,19 @@ def lowest_eigenpairs(
       n_target, tol, max_iterations, max_space: see `davidson`.
       degeneracy_tol: gaps at or below this count as degenerate in the derivative.
       solve_tol, solve_max_iterations: Sternheimer conjugate gradients settings.
+      sequential: the CPU layout of qdjax.backend (same results to rounding).
 
     Returns:
       (values (n_target,), vectors (n, n_target), residuals (n_target,)).
     """
-    w, u, res, _ = _lowest_eigenpairs(apply_h, params, preconditioner, x0, n_target, tol, max_iterations, max_space)
+    w, u, res, _ = _lowest_eigenpairs(
+        apply_h, params, preconditioner, x0, n_target, tol, max_iterations, max_space, sequential
+    )
     return w, u, res
 
 
-def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, max_iterations, max_space):
+def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, max_iterations, max_space,
+                       sequential):
     k = x0.shape[-1]
     lam, z = pre.coarse_values, pre.coarse_vectors
     spread = lam[k] - lam[0] if lam.shape[0] > k else lam[-1] - lam[0]
@@ -559,17 +572,33 @@ def _lowest_eigenpairs(apply_h, params, pre: Preconditioner, x0, n_target, tol, 
     def precondition(r, theta):
         return (r / outside[:, None]).at[pre.coarse].set(inverse @ r[pre.coarse])
 
-    result = davidson(lambda x: apply_h(params, x), x0, precondition, n_target, tol, max_iterations, max_space)
+    result = davidson(
+        lambda x: apply_h(params, x), x0, precondition, n_target, tol, max_iterations, max_space, sequential
+    )
     return result.values[:n_target], result.vectors[:, :n_target], result.residuals[:n_target], result.values
 
 
 @lowest_eigenpairs.defjvp
 def _lowest_eigenpairs_jvp(
-    apply_h, n_target, tol, max_iterations, max_space, degeneracy_tol, solve_tol, solve_max, primals, tangents
+    apply_h, n_target, tol, max_iterations, max_space, degeneracy_tol, solve_tol, solve_max, sequential,
+    primals, tangents,
+):
+    with backend.full_precision(primals[2].dtype):
+        return _lowest_eigenpairs_jvp_terms(
+            apply_h, n_target, tol, max_iterations, max_space, degeneracy_tol, solve_tol, solve_max, sequential,
+            primals, tangents,
+        )
+
+
+def _lowest_eigenpairs_jvp_terms(
+    apply_h, n_target, tol, max_iterations, max_space, degeneracy_tol, solve_tol, solve_max, sequential,
+    primals, tangents,
 ):
     params, pre, x0 = primals
     dparams = tangents[0]
-    w, u, res, _ = _lowest_eigenpairs(apply_h, params, pre, x0, n_target, tol, max_iterations, max_space)
+    w, u, res, _ = _lowest_eigenpairs(
+        apply_h, params, pre, x0, n_target, tol, max_iterations, max_space, sequential
+    )
     dhu = apply_h(dparams, u)
     omega = u.T @ dhu
     dw = jnp.diagonal(omega)

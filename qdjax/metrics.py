@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qdjax import backend
+
 ArrayLike = jax.typing.ArrayLike
 
 #: Stabilising constants of Wang et al. (2004), eq. (7) and (9): C_i = (K_i * data_range)^2.
@@ -127,8 +129,9 @@ def _valid_filter(x: jax.Array, taps: tuple[float, ...]) -> jax.Array:
     kernel = jnp.asarray(taps, dtype=x.dtype)
     y = x.reshape((-1, 1, height, width))
     dims = ("NCHW", "OIHW", "NCHW")
-    y = jax.lax.conv_general_dilated(y, kernel.reshape(1, 1, k, 1), (1, 1), "VALID", dimension_numbers=dims)
-    y = jax.lax.conv_general_dilated(y, kernel.reshape(1, 1, 1, k), (1, 1), "VALID", dimension_numbers=dims)
+    with backend.full_precision(x.dtype):  # float32 at float32 accuracy on GPUs and TPUs too
+        y = jax.lax.conv_general_dilated(y, kernel.reshape(1, 1, k, 1), (1, 1), "VALID", dimension_numbers=dims)
+        y = jax.lax.conv_general_dilated(y, kernel.reshape(1, 1, 1, k), (1, 1), "VALID", dimension_numbers=dims)
     return y.reshape(batch + (height - k + 1, width - k + 1))
 
 

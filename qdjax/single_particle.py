@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from qdjax import basis, linalg
+from qdjax import backend, basis, linalg
 from qdjax.config import EDConfig
 
 #: Eigenvalue gaps below this (eV) count as degenerate when differentiating orbitals; far
@@ -110,7 +110,9 @@ def diagonalize(h0: ArrayLike, config: EDConfig) -> Orbitals:
     Returns:
       Orbitals with energies (..., K) in eV and coefficients (..., basis**2, K).
     """
-    energies, coefficients = linalg.eigh_lowest(h0, config.orbitals, DEGENERACY_TOL_EV)
+    energies, coefficients = linalg.eigh_lowest(
+        h0, config.orbitals, DEGENERACY_TOL_EV, backend.per_instance_kernels(config.batching)
+    )
     return Orbitals(energies, coefficients)
 
 
@@ -146,7 +148,7 @@ def _setup(V: jax.Array, config: EDConfig) -> _Setup:
     _, kinetic, _ = basis.tables(config)
     kinetic = jnp.asarray(kinetic, dtype=V.dtype)
     block = basis.potential_submatrix(V, modes, config) + jnp.diag(kinetic[modes])
-    lam, z = linalg.symmetric_eigh(block)
+    lam, z = linalg.symmetric_eigh(block, backend.per_instance_kernels(config.batching))
     return _Setup(basis.potential_kernels(V, config), kinetic, kinetic + jnp.mean(V), lam, z)
 
 
@@ -182,6 +184,7 @@ def _lobpcg(V: jax.Array, config: EDConfig):
         tol=RESIDUAL_TOL_EV[config.dtype],
         max_iterations=MAX_ITERATIONS,
         n_expand=k,
+        sequential=backend.per_instance_kernels(config.batching),
     )
     return result.values[:k], result.vectors[:, :k], result.products[:, :k], result.residuals[:k], setup
 
@@ -198,6 +201,11 @@ def _lowest(V: jax.Array, config: EDConfig):
 
 @_lowest.defjvp
 def _lowest_jvp(config, primals, tangents):
+    with backend.full_precision(primals[0].dtype):
+        return _lowest_jvp_terms(config, primals, tangents)
+
+
+def _lowest_jvp_terms(config, primals, tangents):
     (V,) = primals
     (dV,) = tangents
     w, u, hu, residuals, setup = _lobpcg(V, config)
