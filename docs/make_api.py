@@ -15,6 +15,7 @@ import sys
 
 MODULES = [
     "qdjax.config",
+    "qdjax.backend",
     "qdjax.units",
     "qdjax.potentials",
     "qdjax.basis",
@@ -35,7 +36,6 @@ MODULES = [
     "qdjax.ml.train",
     "qdjax.ml.evaluate",
     "qdjax.ml.experiment",
-    "qdjax.ml.benchmark",
     "qdjax.plot",
 ]
 

@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from qdjax import ed, potentials
+from qdjax import backend, ed, potentials
 from qdjax.config import EDConfig
 
 __all__ = [
@@ -120,8 +120,6 @@ _SAMPLE_SEED_RULE = "numpy.random.SeedSequence([seed, index]).generate_state(1, 
 _POTENTIAL_RULE = "qdjax.potentials.random_potential(sample_seed, config) with its default (paper) parameters"
 _MANIFEST = "manifest.json"
 _MANIFEST_RE = re.compile(r"^manifest(\.process-(\d+)-of-(\d+))?\.json$")
-#: Default samples per device per call: 1 on CPU (see `generate`), else this.
-_ACCELERATOR_BATCH = 16
 
 
 class DatasetError(ValueError):
@@ -349,7 +347,7 @@ def single_threaded_blas():
 
 
 #: Modules whose source determines the numbers of a sample.
-_CODE_MODULES = ("config", "units", "potentials", "basis", "single_particle", "coulomb", "fock", "linalg", "ed",
+_CODE_MODULES = ("config", "backend", "units", "potentials", "basis", "single_particle", "coulomb", "fock", "linalg", "ed",
                  "data")  # fmt: skip
 
 
@@ -410,8 +408,8 @@ def generate(
       chunk_size: samples per chunk file (the unit of atomic writes and of resumption).
       batch_size: samples per device in one call of the ED program (its vmap width); part
         of the dataset's settings because the batched kernels' rounding depends on it.
-        Default: 1 on CPU, because jaxlib 0.10's batched CPU LAPACK kernels can deadlock
-        XLA's thread pool (docs/data.md, "Known issues"); 16 on accelerators.
+        Default: `qdjax.backend.default_call_batch` of the devices' platform (1 on CPU, 16
+        on accelerators).
       splits: (train, validation, test) sizes, contiguous in sample index; default
         `default_splits(n_samples)` (4800, 100, 100 for 5000).
       progress: show a progress bar (samples/s, ETA) on stderr and print a summary line.
@@ -435,7 +433,7 @@ def generate(
     _check_seed(seed)
     mesh = _mesh(devices)
     if batch_size is None:
-        batch_size = 1 if mesh.devices.flat[0].platform == "cpu" else _ACCELERATOR_BATCH
+        batch_size = backend.default_call_batch(mesh.devices.flat[0].platform)
     batch_size = _check_positive("batch_size", batch_size)
     split_sizes = _check_splits(splits, n_samples)
     p_index = jax.process_index() if process_index is None else process_index
@@ -773,7 +771,9 @@ def _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes) ->
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "qdjax_version": __version__,
-        "config": {k: ("inf" if v == math.inf else v) for k, v in dataclasses.asdict(config).items()},
+        # EDConfig.batching (the program's layout, qdjax.backend) is not part of a dataset's identity
+        "config": {k: ("inf" if v == math.inf else v) for k, v in dataclasses.asdict(config).items()
+                   if k != "batching"},
         "n_electrons": list(ns),
         "n_samples": n_samples,
         "seed": int(seed),

@@ -291,7 +291,8 @@ def solve_iterative_h1(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Ar
     # Sign convention: the largest coefficient of each orbital is positive, so that the output
     # does not depend on the iteration count (each Rayleigh-Ritz step picks signs anew).
     peak = jnp.take_along_axis(u, jnp.argmax(jnp.abs(u), axis=0)[None, :], axis=0)[0]
-    sign = jax.lax.stop_gradient(jnp.where(peak < 0, -1.0, 1.0)).astype(u.dtype)
+    one = jnp.ones((), u.dtype)
+    sign = jax.lax.stop_gradient(jnp.where(peak < 0, -one, one))
     return Orbitals(w, u * sign[None, :]), sign[:, None] * h1 * sign[None, :], residuals
 
 
