@@ -489,6 +489,9 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (default 5)")
     p.add_argument("--train", action="store_true", help="also time a pix2pix training step")
     p.add_argument("--train-batch", type=int, nargs="+", default=[1, 16], help="training batch sizes (default 1 16)")
+    p.add_argument("--train-widths", choices=["authors", "pix2pix"], default="authors",
+                   help="network widths of the timed step: the authors' public code (16..128, default) or the "
+                   "original pix2pix (64..512)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     add_config_arguments(p)
     p.set_defaults(func=_run_bench)
@@ -516,12 +519,11 @@ def _run_bench(args: argparse.Namespace) -> int:
             print(f"ED N={n} batch {b:4d}: {r['per_s']:9.1f} instances/s ({1e3 * r['median_s'] / b:.2f} ms each; "
                   f"first call {r['first_call_s']:.1f} s)", flush=True)  # fmt: skip
     if args.train:
-        from qdjax.ml import benchmark as ml_benchmark
-        from qdjax.ml.models import Pix2PixConfig
+        from qdjax.ml import experiment
 
         for b in args.train_batch:
-            r = ml_benchmark.time_train_step(Pix2PixConfig(batch_size=b), repeat=args.repeats)
-            results["train"].append({"batch": b, **r})
+            r = benchmark.train_step_time(experiment.pix2pix_config(args.train_widths, batch_size=b), args.repeats)
+            results["train"].append({"widths": args.train_widths, **r})
             print(f"pix2pix batch {b:3d}: {1e3 / r['median_ms']:.1f} steps/s ({r['median_ms']:.1f} ms; "
                   f"first call {r['first_s']:.1f} s)", flush=True)  # fmt: skip
     if args.json:

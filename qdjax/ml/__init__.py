@@ -8,8 +8,9 @@ Modules, in data-flow order:
 * `qdjax.ml.checkpoint` Orbax checkpoints: latest and best-by-validation-R^2, exact resume;
 * `qdjax.ml.train`      losses, the pure jitted training step, augmentation (jitter, flips,
                         the symmetry group of the square), prediction and the `fit` loop
-                        (data-parallel over devices, `qdjax.parallel`);
-* `qdjax.ml.benchmark`  wall-clock time of one training step (``python -m qdjax.ml.benchmark``).
+                        (data-parallel over devices, `qdjax.parallel`).
+
+The training-step timer lives with the ED timers in `qdjax.benchmark` (``qdjax bench --train``).
 
 The ML side imports Flax, Optax and Orbax; the physics core never imports it.
 """
