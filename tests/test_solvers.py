@@ -99,8 +99,9 @@ def test_davidson_with_a_close_neighbour_and_restarts(max_space):
         linalg.davidson(lambda x: h @ x, jnp.asarray(x0), lambda r, t: r, 4, 1e-11, 10, 15)
 
 
+@pytest.mark.parametrize("sequential", [False, True])
 @pytest.mark.parametrize("case", ["full rank", "dependent", "empty block"])
-def test_rayleigh_ritz_gram_equals_projected_eigh(case):
+def test_rayleigh_ritz_gram_equals_projected_eigh(case, sequential):
     # Reference: numpy.linalg.eigh of H projected on an orthonormal basis of span(S) (from an
     # SVD, independent of the Gram/Cholesky route). A dependent column (forcing the fallback
     # through the Gram eigendecomposition) or a zero block (P before the first LOBPCG step)
@@ -117,7 +118,7 @@ def test_rayleigh_ritz_gram_equals_projected_eigh(case):
     q = u[:, sv > 1e-6 * sv[0]]
     ref = np.linalg.eigvalsh(q.T @ h @ q)[:k]
     gram, a = s.T @ s, s.T @ h @ s
-    theta, c = linalg._rayleigh_ritz_gram(jnp.asarray(gram), jnp.asarray(a), k)
+    theta, c = linalg._rayleigh_ritz_gram(jnp.asarray(gram), jnp.asarray(a), k, sequential)
     np.testing.assert_allclose(theta, ref, atol=1e-10)
     x = s @ np.asarray(c)
     np.testing.assert_allclose(x.T @ x, np.eye(k), atol=1e-9)
