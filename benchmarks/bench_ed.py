@@ -35,7 +35,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 
@@ -234,23 +233,8 @@ def float32_error(V: np.ndarray, n: int, config: qdjax.EDConfig) -> dict:
     }
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores_visible": os.cpu_count(),
-        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "devices": [str(d) for d in jax.devices()],
-    }
+#: Facts of the machine (also used by bench_potentials.py).
+machine = benchmark.machine
 
 
 def run_paper(args) -> dict:

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 import traceback
@@ -172,21 +171,9 @@ def measure_inverse(step: dict, repeats: int) -> dict:
 MEASURE = {"ed": measure_ed, "train": measure_train, "inverse": measure_inverse}
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "device_kind": jax.devices()[0].device_kind, "load_average": os.getloadavg()}
-
-
 def run(part: str, path: pathlib.Path, deadline: float, quick: bool, repeats: int) -> dict:
     rec = Recorder(path, part)
-    rec.part["machine"] = machine()
+    rec.part["machine"] = benchmark.machine()
     rec.part["started"] = time.time()
     rec.part["deadline"] = deadline
     rec.part["quick"] = quick

@@ -22,15 +22,15 @@ and block inside it, and a 2-thread pool hung with them (two side by side, or on
 while loop; docs/data.md, "Known issues"). So the vectorized program on CPU differs from the
 accelerator program only in those kernels: tests/test_backend.py runs it on CPU against the
 sequential layout, and reads the program traced for a GPU (`platform` patched) for loops over
-the batch. Nothing CPU-specific lives outside this module.
+the batch. OpenBLAS's own threads run on one thread while `qdjax.data.generate` works
+(`single_threaded_blas`). Nothing CPU-specific lives outside this module.
 
 Precision: accelerators run float32 matrix products at reduced precision by default (TF32 on
 NVIDIA GPUs, one bf16 pass on TPUs). `full_precision` (dtype) makes every contraction traced
 inside it ask for ``Precision.HIGHEST`` when the dtype has less than 64 bits; the ED, the
 inverse scores and the physical metrics trace under it, so float32 physics keeps float32
 accuracy on every backend. float64 products are left at default: they are float64 wherever
-float64 exists, and on XLA:CPU (jaxlib 0.10) a HIGHEST float64 product next to the LAPACK
-kernels hung the thread pool.
+float64 exists.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 #: Values of `qdjax.EDConfig.batching`.
 BATCHING = ("auto", "vectorized", "sequential")
@@ -136,3 +137,45 @@ def full_precision(dtype):
     if jnp.finfo(dtype).bits >= 64:
         return contextlib.nullcontext()
     return jax.default_matmul_precision("highest")
+
+
+#: (get, set) thread-count functions of the OpenBLAS builds that NumPy, SciPy and jaxlib use.
+_OPENBLAS_THREAD_FUNCTIONS = (
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run a block with every loaded OpenBLAS on one thread; the thread counts are restored after.
+
+    JAX's CPU LAPACK kernels (eigh) call SciPy's OpenBLAS, whose own threads change the last
+    bits of the results with the core count and, on a shared few-core CPU, slow the small
+    eigendecompositions of the ED down many times (docs/data.md, "Known issues"). XLA still
+    runs independent solves in parallel. A no-op on other platforms' kernels. Linux only (the libraries are found in /proc/self/maps); elsewhere, or
+    for other BLAS builds, the block runs unchanged.
+    """
+    import ctypes
+
+    cpu = jax.devices("cpu")[0]
+    jax.block_until_ready(jax.numpy.linalg.eigh(jax.device_put(np.eye(2), cpu)))  # loads CPU LAPACK
+    restore = []
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+        for path in paths:
+            with contextlib.suppress(OSError):
+                library = ctypes.CDLL(path)
+                for get, set_ in _OPENBLAS_THREAD_FUNCTIONS:
+                    if hasattr(library, get) and hasattr(library, set_):
+                        restore.append((getattr(library, set_), getattr(library, get)()))
+                        getattr(library, set_)(1)
+                        break
+    try:
+        yield
+    finally:
+        for set_threads, threads in restore:
+            set_threads(threads)

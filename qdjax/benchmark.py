@@ -134,3 +134,29 @@ def peak_memory_bytes(device=None) -> int | None:
     except Exception:  # noqa: BLE001  (backends without memory statistics raise)
         return None
     return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
+
+
+def machine() -> dict:
+    """Facts of the machine a measurement ran on: CPU model, visible cores and affinity, load
+    average, Python, JAX and NumPy versions, JAX's backend and devices."""
+    import os
+    import platform
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores_visible": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+    }

@@ -57,6 +57,7 @@ import jax
 import numpy as np
 
 from qdjax import backend, ed, potentials
+from qdjax.backend import _OPENBLAS_THREAD_FUNCTIONS, single_threaded_blas  # noqa: F401 (public here too)
 from qdjax.config import EDConfig
 
 __all__ = [
@@ -301,49 +302,6 @@ def _mesh(devices: Sequence[jax.Device] | None) -> jax.sharding.Mesh:
     if not devices:
         raise ValueError("devices is empty")
     return jax.sharding.Mesh(np.array(devices), ("batch",))
-
-
-#: (get, set) thread-count functions of the OpenBLAS builds that NumPy, SciPy and jaxlib use.
-_OPENBLAS_THREAD_FUNCTIONS = (
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-)
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run a block with every loaded OpenBLAS on one thread; the thread counts are restored after.
-
-    JAX's CPU LAPACK kernels (eigh) call SciPy's OpenBLAS, whose own threads change the last
-    bits of the results with the core count and, measured on a shared 2-core CPU, make a
-    224 x 224 eigh 20-120x slower (6 ms single-threaded, 110-730 ms threaded) and
-    `generate` at paper size about 8x slower (docs/data.md). XLA still runs independent
-    solves in parallel. Linux only (the libraries are found in /proc/self/maps); elsewhere, or
-    for other BLAS builds, the block runs unchanged.
-    """
-    import ctypes
-
-    cpu = jax.devices("cpu")[0]
-    jax.block_until_ready(jax.numpy.linalg.eigh(jax.device_put(np.eye(2), cpu)))  # loads CPU LAPACK
-    restore = []
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-        for path in paths:
-            with contextlib.suppress(OSError):
-                library = ctypes.CDLL(path)
-                for get, set_ in _OPENBLAS_THREAD_FUNCTIONS:
-                    if hasattr(library, get) and hasattr(library, set_):
-                        restore.append((getattr(library, set_), getattr(library, get)()))
-                        getattr(library, set_)(1)
-                        break
-    try:
-        yield
-    finally:
-        for set_threads, threads in restore:
-            set_threads(threads)
 
 
 #: Modules whose source determines the numbers of a sample.

@@ -66,9 +66,7 @@ FOCK_GUARD = 4
 #: Determinants of lowest diagonal energy in which the many-body start is solved exactly
 #: (and the preconditioner inverts H), for assembled and for matrix-free sectors. Their block
 #: of H is read off the matrix or built directly (`fock.hamiltonian_block`), without products
-#: with H. Measured on 2 CPU cores (docs/benchmarks.md): at K = 8, N = 4 a block of 256 costs
-#: more than the iterations it saves (26 -> 32 ms per potential); in the matrix-free sectors
-#: it halves the iterations where 64 needed the most (K = 12, N = 6).
+#: with H. The sizes are measured choices (docs/benchmarks.md).
 FOCK_COARSE = 64
 FOCK_COARSE_MATRIX_FREE = 256
 #: Many-body Davidson convergence: residual norm of every root below this (eV).
@@ -83,19 +81,14 @@ FOCK_SOLVE_TOL = {"float64": 1e-12, "float32": 1e-5}
 FOCK_SOLVE_MAX_ITERATIONS = 500
 #: Largest sector (determinants) whose many-body Hamiltonian "auto" and "iterative" assemble
 #: as a dense d x d matrix for Davidson; larger sectors are solved matrix-free
-#: (`fock.apply_operator`). Measured on 2 CPU cores, seconds per potential end to end
-#: (matrix-free against assembled; docs/benchmarks.md): 0.031 against 0.024 at 784
-#: determinants (K = 8, N = 4, the paper's largest sector), 0.049 against 0.048 at 792
-#: (K = 12, N = 3), 0.042 against 0.056 at 1 296 (K = 9, N = 4), 0.042 against 0.068 at
-#: 1 568 (K = 8, N = 5), 0.070 against 0.17 at 3 136 (K = 8, N = 6).
+#: (`fock.apply_operator`). A measured choice (docs/benchmarks.md, "Beyond the paper").
 FOCK_ASSEMBLED_MAX = 1024
 #: Largest sector the dense solver assembles and diagonalises completely (8 d^2 bytes in
 #: float64: 0.5 GiB at this limit, per potential in flight): eigensolver="dense" is refused
 #: above it, and up to it an unconverged Davidson instance is recomputed densely.
 FOCK_DENSE_SOLVER_MAX = 8192
 #: Largest sector accepted. Matrix-free, H x holds about P d numbers per column at a time,
-#: P = K (K + 1) / 2 (K = 16: 0.4 GiB in float64 at this limit). K = 16, N = 6 (313 600
-#: determinants) takes about 30 s per potential on 2 CPU cores (docs/benchmarks.md).
+#: P = K (K + 1) / 2 (K = 16: 0.4 GiB in float64 at this limit); timings in docs/benchmarks.md.
 FOCK_MAX_DIMENSION = 400_000
 
 
