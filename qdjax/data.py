@@ -57,7 +57,7 @@ import jax
 import numpy as np
 
 from qdjax import backend, ed, potentials
-from qdjax.backend import _OPENBLAS_THREAD_FUNCTIONS, single_threaded_blas  # noqa: F401 (public here too)
+from qdjax.backend import single_threaded_blas  # noqa: F401 (public here too)
 from qdjax.config import EDConfig
 
 __all__ = [

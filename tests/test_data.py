@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import qdjax
-from qdjax import data, ed, potentials
+from qdjax import backend, data, ed, potentials
 from conftest import TINY_FLAGS, xla_flags
 
 CFG = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
@@ -235,7 +235,7 @@ def test_single_threaded_blas_sets_and_restores_the_thread_count():
     jnp.linalg.eigh(jnp.eye(2))  # loads the LAPACK library of JAX's CPU kernels
     with open("/proc/self/maps") as maps:
         paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g, _ in data._OPENBLAS_THREAD_FUNCTIONS
+    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g, _ in backend._OPENBLAS_THREAD_FUNCTIONS
                if hasattr(ctypes.CDLL(p), g)]  # fmt: skip
     if not getters:
         pytest.skip("no OpenBLAS loaded")
