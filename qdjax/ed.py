@@ -184,10 +184,12 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
             "EDConfig(dtype='float64') needs JAX's 64-bit mode, which is off: call "
             "jax.config.update('jax_enable_x64', True) or use EDConfig(dtype='float32')"
         )
-    if isinstance(V, jax.Array) and not isinstance(V, jax.core.Tracer):
-        finite = bool(jnp.all(jnp.isfinite(V)))  # on V's devices: one scalar to the host
+    if isinstance(V, jax.core.Tracer):
+        finite = True
+    elif isinstance(V, jax.Array) and any(d.platform != "cpu" for d in V.sharding.device_set):
+        finite = bool(jnp.all(jnp.isfinite(V)))  # on the accelerator: one scalar to the host
     else:
-        finite = isinstance(V, jax.core.Tracer) or bool(np.all(np.isfinite(np.asarray(V))))
+        finite = bool(np.all(np.isfinite(np.asarray(V))))  # host memory already
     if not finite:
         raise ValueError("V contains NaN or infinite values")
 
