@@ -155,8 +155,8 @@ def single_threaded_blas():
     JAX's CPU LAPACK kernels (eigh) call SciPy's OpenBLAS, whose own threads change the last
     bits of the results with the core count and, on a shared few-core CPU, slow the small
     eigendecompositions of the ED down many times (docs/data.md, "Known issues"). XLA still
-    runs independent solves in parallel. A no-op on other platforms' kernels. Linux only (the libraries are found in /proc/self/maps); elsewhere, or
-    for other BLAS builds, the block runs unchanged.
+    runs independent solves in parallel. Linux only (the libraries are found in
+    /proc/self/maps); elsewhere, or for other BLAS builds, the block runs unchanged.
     """
     import ctypes
 

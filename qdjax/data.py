@@ -305,8 +305,8 @@ def _mesh(devices: Sequence[jax.Device] | None) -> jax.sharding.Mesh:
 
 
 #: Modules whose source determines the numbers of a sample.
-_CODE_MODULES = ("config", "backend", "units", "potentials", "basis", "single_particle", "coulomb", "fock", "linalg", "ed",
-                 "data")  # fmt: skip
+_CODE_MODULES = ("config", "backend", "units", "potentials", "basis", "single_particle", "coulomb", "fock",
+                 "linalg", "ed", "data")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)

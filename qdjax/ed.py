@@ -447,8 +447,6 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     if isinstance(converged, jax.core.Tracer) or config.eigensolver == "dense":
         return out
     # Only the flags (one byte per instance) come to the host; the results stay where they are.
-    # (Not jnp.all on the device: a second program dispatched while the first runs can hang
-    # XLA:CPU's thread pool next to the LAPACK kernels, qdjax.backend.)
     bad = np.flatnonzero(~np.asarray(converged).reshape(-1))
     if bad.size == 0:
         return out
