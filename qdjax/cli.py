@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -252,6 +254,16 @@ def _add_train(subparsers) -> None:
                    help="normalised density output layer (non-negative, integrates to N) for density targets")  # fmt: skip
     p.add_argument("--log-input", action="store_true",
                    help="density inputs on a log scale (floor 1e-12 of the training peak) instead of linear")  # fmt: skip
+    p.add_argument("--ed-weight", type=float, default=0.0, metavar="W",
+                   help="n_int->V only: add W times the ED-consistency term (the ED density of the generated "
+                        "potential against the input density, differentiated through the ED) to the generator "
+                        "loss; the best checkpoint is then chosen by the R^2 of the ED-recomputed validation "
+                        "densities (default: 0, plain pix2pix)")  # fmt: skip
+    p.add_argument("--ed-loss", choices=["l2", "charge"], default="l2",
+                   help="misfit of the ED term: relative squared L2 error or displaced charge (default: l2)")  # fmt: skip
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from the networks of this checkpoint folder (RUN/checkpoints, its best step) and "
+                        "keep its scalers: fine-tuning")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")
     p.add_argument("--devices", default="all", metavar="N|all",
                    help="data-parallel training on the first N of JAX's devices, or on all of them (default: all); "
@@ -286,6 +298,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if not 0 <= args.lr_decay <= args.steps:
         raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
+    if not (args.ed_weight >= 0 and math.isfinite(args.ed_weight)):
+        raise ValueError(f"--ed-weight must be a finite number >= 0, got {args.ed_weight}")
+    if args.ed_weight > 0 and args.mapping != "n_int->V":
+        raise ValueError(f"--ed-weight needs --mapping n_int->V, got {args.mapping}")
+    if args.init_from is not None and not pathlib.Path(args.init_from).is_dir():
+        raise ValueError(f"--init-from: no checkpoint folder at {args.init_from}")
     if args.distributed:
         import jax
 
@@ -305,11 +323,16 @@ def _run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
         input_transform="log" if args.log_input else "linear",
         progress=not args.no_progress, length_nm=ed_config.length_nm, figures=not args.no_figures,
-        devices=devices,
+        devices=devices, ed_weight=args.ed_weight, ed_config=ed_config, n_electrons=args.n_electrons,
+        ed_loss=args.ed_loss, init_from=args.init_from,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "
           f"SSIM {t['ssim_mean']:.4f}, L1 {t['l1_mean']:.3e}; results in {run.out_dir.resolve()}")  # fmt: skip
+    e = run.summary["ed_check_test"]
+    if e is not None:
+        print(f"qdjax train: ED check of the test proposals: recomputed-density R^2 {e['density_r2']:.4f} "
+              f"(worst sample {e['density_r2_worst']:.4f}), accepted {e['accepted']} of {run.summary['n_test']}")  # fmt: skip
     return 0
 
 

@@ -85,6 +85,11 @@ def run_mapping(
     progress: bool = True,
     figures: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    ed_weight: float = 0.0,
+    ed_config=None,
+    n_electrons: int | None = None,
+    ed_loss: str = "l2",
+    init_from: str | pathlib.Path | None = None,
 ) -> MappingRun:
     """Train one mapping, monitor it, restore the best checkpoint and score the test split.
 
@@ -113,16 +118,41 @@ def run_mapping(
         `qdjax.ml.train.fit`): config.batch_size must be a multiple of their number. With
         several processes every process calls `run_mapping` alike, and process 0 writes
         metrics.json and the figures.
+      ed_weight: weight w of the ED-consistency term (`qdjax.ml.physics`; n_int -> V only):
+        the generator is trained through the ED on L_G + w L_ED. With w > 0 the validation
+        score that selects the best checkpoint is the R^2 of the ED-recomputed validation
+        densities (`qdjax.inverse.check`), and the history also records it on the test
+        split ("ed_r2_test"). 0 (default): plain pix2pix.
+      ed_config: `qdjax.EDConfig` of the dataset (needed when ed_weight > 0).
+      n_electrons: N of the densities (needed when ed_weight > 0).
+      ed_loss: "l2" or "charge", the misfit of L_ED (`qdjax.ml.physics.ED_LOSSES`).
+      init_from: checkpoint folder of an earlier `run_mapping` of the same mapping: its
+        networks (best checkpoint) start this run, and its scalers are kept (fine-tuning).
 
     Returns:
       MappingRun.
     """
+    from qdjax.ml import physics
+
     src, dst = evaluate.check_mapping(mapping)
     _check_splits(splits, src, dst)
+    if isinstance(ed_weight, bool) or not isinstance(ed_weight, (int, float)) or not ed_weight >= 0:
+        raise ValueError(f"ed_weight must be a number >= 0, got {ed_weight!r}")
+    if ed_weight > 0 and (mapping != "n_int->V" or ed_config is None or n_electrons is None):
+        raise ValueError("the ED term (ed_weight > 0) needs mapping 'n_int->V', ed_config and n_electrons")
+    start = None
+    if init_from is not None:
+        start = load_run(init_from)
+        if start.mapping != mapping:
+            raise ValueError(f"init_from holds a {start.mapping} run, not {mapping}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_in, train_out = (np.asarray(splits["train"][q], np.float64) for q in (src, dst))
-    scalers = evaluate.fit_scalers(mapping, train_in, train_out, input_transform)
+    if start is not None:
+        scalers = start.scalers
+        input_transform = scalers.inputs.transform
+    else:
+        scalers = evaluate.fit_scalers(mapping, train_in, train_out, input_transform)
     if density_head:
         if evaluate.KINDS[dst] != "density" or scalers.targets.lo != 0.0:
             raise ValueError(f"density_head needs a density target scaled from 0, not {mapping!r}")
@@ -154,11 +184,34 @@ def run_mapping(
                 values.update({f"ssim_test_{i:02d}": float(v) for i, v in enumerate(ssim)})
         return values
 
+    ed_term = val_score = None
+    if ed_weight > 0:
+        from qdjax import inverse
+
+        ed_term = physics.EDTerm(float(ed_weight), int(n_electrons), ed_config, scalers.inputs, scalers.targets, ed_loss)
+        val_target = np.asarray(splits["validation"][src], np.float64)
+
+        def ed_r2(state, target):
+            proposer = evaluate.generator_function(state, scalers, symmetrize)
+            checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=train_in.mean(axis=0))
+            return float(checked.scores["r2"])
+
+        def val_score(state):
+            return ed_r2(state, val_target)
+
+        plain_eval = on_eval
+
+        def on_eval(state):
+            return {**plain_eval(state), "ed_r2_test": ed_r2(state, test_in)}
+
     meta = {"mapping": mapping, "scalers": scalers.to_dict()}
+    if start is not None:
+        meta["init_from"] = {"checkpoint": str(pathlib.Path(init_from).resolve()), "step": start.step}
     fit = train.fit(
         config, xt, yt, xv, yv, steps=steps, key=key, eval_every=eval_every,
         checkpoint_dir=str(out / "checkpoints"), symmetrize_eval=symmetrize, metadata=meta,
-        progress=progress, on_eval=on_eval, devices=devices,
+        progress=progress, on_eval=on_eval, devices=devices, ed_term=ed_term,
+        init_from=None if start is None else start.state, val_score=val_score,
     )
     from qdjax.ml import checkpoint
 
@@ -166,6 +219,13 @@ def run_mapping(
     prediction = evaluate.predict_physical(best.state, test_in, scalers, symmetrize)
     scores = evaluate.score(prediction, test_out, scalers.targets, train_mean)
     worst = evaluate.worst(scores, 0.05, "r2_sample")
+    ed_test = None
+    if ed_term is not None:
+        from qdjax import inverse
+
+        proposer = evaluate.generator_function(best.state, scalers, symmetrize)
+        checked = inverse.check(proposer, test_in, n_electrons, ed_config, mean_map=train_in.mean(axis=0))
+        ed_test = check_summary(checked, test_in, test_out, train_in.mean(axis=0), train_mean)
     summary = {
         "mapping": mapping,
         "steps": steps,
@@ -173,11 +233,14 @@ def run_mapping(
         "symmetrize": symmetrize,
         "density_head": density_head,
         "input_transform": input_transform,
+        "ed_term": None if ed_term is None else ed_term.to_dict(),
+        "init_from": meta.get("init_from"),
         "n_train": len(train_in),
         "n_validation": len(splits["validation"][src]),
         "n_test": len(test_in),
         "scalers": scalers.to_dict(),
         "test": evaluate.aggregate(scores),
+        "ed_check_test": ed_test,
         "worst_5_percent": [
             {"index": int(i), **{k: float(scores[k][i]) for k in ("r2_sample", "ssim", "l1", "linf")}} for i in worst
         ],
@@ -337,19 +400,12 @@ def run_inverse(
     checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=density_mean)
     checked.potential.block_until_ready()
     check_seconds = time.perf_counter() - start
-    potential_r2 = float(evaluate.metrics.r2(checked.potential, true_V, potential_mean))
+    generator = check_summary(checked, target, true_V, density_mean, potential_mean)
+    potential_r2 = generator["potential_r2"]
     summary = {
         "n_electrons": n_electrons,
         "samples": count,
-        "generator": {
-            "density_r2": float(checked.scores["r2"]),
-            "potential_r2": potential_r2,
-            "accepted": int(np.sum(checked.accepted)),
-            "displaced_charge_median": float(np.median(checked.scores["displaced_charge"])),
-            "ssim_mean": float(np.mean(checked.scores["ssim"])),
-            "l1_mean": float(np.mean(checked.scores["l1"])),
-            "seconds_per_sample": check_seconds / count,
-        },
+        "generator": {**generator, "seconds_per_sample": check_seconds / count},
         "acceptance_threshold_displaced_charge": inverse.ACCEPT_CHARGE,
     }
     refined = None
@@ -394,6 +450,32 @@ def run_inverse(
         plot.image_grid(rows, ed_config.length_nm, out / "refine.png", title="gradient refinement through the ED")
     (out / "inverse.json").write_text(json.dumps(summary, indent=2))
     return InverseRun(checked, refined, potential_r2, summary)
+
+
+def check_summary(checked, target, true_V, density_mean, potential_mean) -> dict:
+    """Scores of generator proposals checked by ED (a `qdjax.inverse.CheckResult`), JSON-ready.
+
+    Args:
+      checked: CheckResult of n samples. target: (n, grid, grid) target densities, nm^-2.
+      true_V: (n, grid, grid) potentials the targets came from, eV.
+      density_mean, potential_mean: (grid, grid) training-set mean maps (R^2 references).
+    Returns:
+      dict: density_r2 (recomputed densities, over the set), density_r2_worst (lowest
+      per-sample R^2 against the training mean map), potential_r2, accepted (count),
+      displaced_charge_median / _max, ssim_mean, l1_mean (nm^-2).
+    """
+    sample_r2 = evaluate.per_sample_r2(checked.density, target, density_mean)
+    charge = np.asarray(checked.scores["displaced_charge"])
+    return {
+        "density_r2": float(checked.scores["r2"]),
+        "density_r2_worst": float(np.min(sample_r2)),
+        "potential_r2": float(evaluate.metrics.r2(checked.potential, true_V, potential_mean)),
+        "accepted": int(np.sum(checked.accepted)),
+        "displaced_charge_median": float(np.median(charge)),
+        "displaced_charge_max": float(np.max(charge)),
+        "ssim_mean": float(np.mean(checked.scores["ssim"])),
+        "l1_mean": float(np.mean(checked.scores["l1"])),
+    }
 
 
 def pix2pix_config(

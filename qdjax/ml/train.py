@@ -16,6 +16,11 @@ The training state is a pytree (`TrainState`, built by `init_state`; both in
 `make_train_step` returns a pure, jitted ``train_step(state, batch, key)``, on one device or
 data-parallel over a mesh of devices (`qdjax.parallel`). Images enter as (B, S, S, C) arrays
 in [-1, 1] (`qdjax.ml.scaling`).
+
+For an n_int -> V generator the step can add the ED-consistency term of `qdjax.ml.physics`
+(an `EDTerm`): L_G becomes L_G + w L_ED, with L_ED the misfit between the ED ground-state
+density of the generated potential and the input density, differentiated through the ED in
+the same jitted step.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from qdjax import metrics as qd_metrics
 from qdjax import parallel
 from qdjax.ml.checkpoint import Checkpointer
 from qdjax.ml.models import Pix2PixConfig, UNetGenerator
+from qdjax.ml.physics import ED_METRIC_NAMES, EDTerm, ed_term_loss
 from qdjax.ml.state import (
     METRIC_NAMES,
     TrainState,
@@ -51,6 +57,8 @@ __all__ = [
     "TrainState",
     "FitResult",
     "METRIC_NAMES",
+    "ED_METRIC_NAMES",
+    "EDTerm",
     "init_state",
     "learning_rate_schedule",
     "generator_from_state",
@@ -195,10 +203,22 @@ def _as_images(x: ArrayLike, channels: int, name: str, size: int) -> jax.Array:
     return x.astype(_F32)
 
 
-def make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None = None) -> Callable:
+def make_train_step(
+    config: Pix2PixConfig, mesh: jax.sharding.Mesh | None = None, ed_term: EDTerm | None = None
+) -> Callable:
     """Builds the jitted, pure training step for `config`.
 
-    Cached per (hashable) config and mesh, so repeated calls share one compiled function.
+    Cached per (hashable) config, mesh and ED term, so repeated calls share one compiled
+    function.
+
+    With an `ed_term` (`qdjax.ml.physics.EDTerm`, for an n_int -> V generator with one input
+    and one output channel), the generator loss gains ``ed_term.weight * L_ED``: the batch's
+    generated potentials are solved by ED in the same jitted step and their ground-state
+    densities compared with the input densities; the gradient of L_ED flows through the ED
+    into the generator's parameters (the discriminator's update is unchanged). The ED's
+    derivative is computed once per step, on the generated batch. Random jitter (a crop of
+    a resized pair) is refused with the ED term: a cropped density is not the density of
+    the cropped potential. Flips and D4 augmentation commute with the ED and are allowed.
 
     With a `mesh` (`qdjax.parallel.batch_mesh`) of D devices the step is data-parallel: it is
     jitted with the batch split over the mesh (`qdjax.parallel.batch_sharding`) and the state,
@@ -216,7 +236,8 @@ def make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None = None
         key: PRNG key for augmentation and dropout (use a new key per step);
         metrics: dict of float32 scalars `METRIC_NAMES`: g_loss (total generator loss),
           g_gan, g_l1, d_loss, d_real / d_fake (mean discriminator probability on real /
-          generated pairs).
+          generated pairs); with an ED term also `ED_METRIC_NAMES`: g_ed (L_ED, unweighted),
+          ed_l2 and ed_charge (`qdjax.ml.physics.ed_term_loss`).
       The same (state, batch, key) always gives the same result; nothing outside the
       arguments is read or written. Batch norm, if configured, uses batch statistics and
       updates its running averages in the returned state.
@@ -225,15 +246,35 @@ def make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None = None
         raise ValueError(f"make_train_step needs a Pix2PixConfig, got {type(config)}")
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh)}")
-    return _make_train_step(config, mesh)
+    _check_ed_term(config, ed_term)
+    return _make_train_step(config, mesh, ed_term)
 
 
-@functools.lru_cache(maxsize=16)
-def _make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None) -> Callable:
+def _check_ed_term(config: Pix2PixConfig, ed_term: EDTerm | None) -> None:
+    if ed_term is None:
+        return
+    if not isinstance(ed_term, EDTerm):
+        raise ValueError(f"ed_term must be a qdjax.ml.physics.EDTerm or None, got {type(ed_term)}")
+    g = config.generator
+    if g.in_channels != 1 or g.out_channels != 1 or g.density_norm is not None:
+        raise ValueError("the ED term needs a density -> potential generator (one channel in and out, tanh output)")
+    if g.image_size != ed_term.ed_config.grid:
+        raise ValueError(f"the ED term's grid ({ed_term.ed_config.grid}) differs from the image size ({g.image_size})")
+    if config.jitter_resize > g.image_size:
+        raise ValueError("the ED term cannot be combined with random jitter (a cropped density is not the "
+                         "density of the cropped potential); use jitter_resize = image_size")  # fmt: skip
+
+
+def _step_gradients(config: Pix2PixConfig, ed_term: EDTerm | None) -> Callable:
+    """``(state, x, y, dropout_key) -> (g_grads, d_grads, (g_stats, d_stats), metrics)``: the
+    gradients of one step on an (already augmented) float32 batch (B, S, S, C), not jitted.
+
+    g_grads = d (L_G + w L_ED) / d theta_G and d_grads = d L_D / d theta_D, both taken at the
+    same parameters; the ED's derivative is pulled back through the generator as a
+    cotangent on the generated images (one ED derivative per step).
+    """
     g_def = _generator_graphdef(config.generator)
     d_def = _discriminator_graphdef(config.discriminator)
-    tx = _optimizer(config)
-    gcfg = config.generator
 
     def losses(g_params, d_params, g_stats, d_stats, x, y, dropout_key):
         gen = nnx.merge(g_def, g_params, g_stats)
@@ -255,7 +296,31 @@ def _make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None) -> C
             nnx.to_pure_dict(nnx.state(gen, nnx.BatchStat)),
             nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)),
         )
-        return (g_total, d_total), (new_stats, metrics)
+        return (g_total, d_total, fake), (new_stats, metrics)
+
+    def gradients(state: TrainState, x, y, dropout_key):
+        fn = functools.partial(losses, g_stats=state.g_stats, d_stats=state.d_stats, x=x, y=y, dropout_key=dropout_key)
+        (_, _, fake), vjp_fn, (stats, metrics) = jax.vjp(fn, state.g_params, state.d_params, has_aux=True)
+        one, zero, no_fake = jnp.ones((), _F32), jnp.zeros((), _F32), jnp.zeros_like(fake)
+        fake_cotangent = no_fake
+        if ed_term is not None:  # w dL_ED/d fake, pulled back through the generator below
+            ed_loss, ed_vjp, ed_metrics = jax.vjp(lambda f: ed_term_loss(f, x, ed_term), fake, has_aux=True)
+            (fake_cotangent,) = ed_vjp(jnp.asarray(ed_term.weight, ed_loss.dtype))
+            fake_cotangent = fake_cotangent.astype(fake.dtype)
+            ed_loss = ed_loss.astype(_F32)
+            metrics = {**metrics, "g_loss": metrics["g_loss"] + ed_term.weight * ed_loss, "g_ed": ed_loss, **ed_metrics}
+        g_grads, _ = vjp_fn((one, zero, fake_cotangent))  # d (L_G + w L_ED) / d theta_G
+        _, d_grads = vjp_fn((zero, one, no_fake))  # d L_D / d theta_D
+        return g_grads, d_grads, stats, metrics
+
+    return gradients
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None, ed_term: EDTerm | None) -> Callable:
+    tx = _optimizer(config)
+    gcfg = config.generator
+    gradients = _step_gradients(config, ed_term)
 
     def train_step(state: TrainState, batch, key):
         if state.config != config:
@@ -267,11 +332,7 @@ def _make_train_step(config: Pix2PixConfig, mesh: jax.sharding.Mesh | None) -> C
             raise ValueError(f"inputs and targets batch sizes differ: {x.shape[0]} != {y.shape[0]}")
         k_aug, k_drop = jax.random.split(key)
         x, y = augment(x, y, k_aug, config)
-        fn = functools.partial(losses, g_stats=state.g_stats, d_stats=state.d_stats, x=x, y=y, dropout_key=k_drop)
-        _, vjp_fn, ((g_stats, d_stats), metrics) = jax.vjp(fn, state.g_params, state.d_params, has_aux=True)
-        one, zero = jnp.ones((), _F32), jnp.zeros((), _F32)
-        g_grads, _ = vjp_fn((one, zero))  # d L_G / d theta_G
-        _, d_grads = vjp_fn((zero, one))  # d L_D / d theta_D
+        g_grads, d_grads, (g_stats, d_stats), metrics = gradients(state, x, y, k_drop)
         g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
         d_updates, d_opt = tx.update(d_grads, state.d_opt, state.d_params)
         new_state = state.replace(
@@ -484,6 +545,9 @@ def fit(
     progress: bool = True,
     on_eval: Callable[[TrainState], dict] | None = None,
     devices: Sequence[jax.Device] | None = None,
+    ed_term: EDTerm | None = None,
+    init_from: TrainState | None = None,
+    val_score: Callable[[TrainState], float] | None = None,
 ) -> FitResult:
     """Trains pix2pix on in-memory image pairs, evaluating R^2 on a validation set.
 
@@ -518,6 +582,17 @@ def fit(
       on_eval: optional function of the state called at every evaluation; it returns a dict
         of JSON-serialisable values (e.g. test-set R^2) appended to ``history[name]``.
       devices: devices to train on, data-parallel (default ``jax.devices()``).
+      ed_term: optional `qdjax.ml.physics.EDTerm`: train an n_int -> V generator through
+        the ED (`make_train_step`); its settings are stored in the checkpoints and a resumed
+        run must use the same ones.
+      init_from: optional `TrainState` whose networks (parameters and batch-norm averages,
+        not the optimiser states or the step) start the run instead of a fresh
+        initialisation: fine-tuning. Its networks must have the architecture of `config`.
+        Ignored when resuming from `checkpoint_dir`.
+      val_score: optional function of the state giving the validation score that is
+        recorded as "val_r2" and selects the best checkpoint (default: R^2 of the
+        generator's output on the validation set; with an ED term, e.g. the R^2 of the
+        ED-recomputed validation densities).
     Returns:
       `FitResult` (state, history, best_step). R^2 is `qdjax.metrics.r2` with the per-pixel
       mean map of the validation targets (the set being scored); it is the same on [-1, 1]
@@ -525,7 +600,7 @@ def fit(
     Raises:
       ValueError: bad shapes or values; a batch size that is not a multiple of the number
         of devices; a checkpoint in `checkpoint_dir` that was written for another config,
-        key or data set.
+        key, data set or ED term; an `init_from` state of another architecture.
     """
     from tqdm.auto import tqdm
 
@@ -547,6 +622,13 @@ def fit(
             f"inputs and targets must have the same number of images: train {xt.shape[0]} vs {yt.shape[0]}, "
             f"val {xv.shape[0]} vs {yv.shape[0]}"
         )
+    _check_ed_term(config, ed_term)
+    if init_from is not None and (
+        not isinstance(init_from, TrainState)
+        or init_from.config.generator != config.generator
+        or init_from.config.discriminator != config.discriminator
+    ):
+        raise ValueError("init_from must be a TrainState whose generator and discriminator have the architecture of config")
     mesh = parallel.batch_mesh(devices)
     parallel.check_divisible(config.batch_size, mesh)
     base_key = _as_key(key)
@@ -554,7 +636,9 @@ def fit(
     init_key, data_key, step_key = jax.random.split(base_key, 3)
     fingerprint = _fingerprint(xt, yt, xv, yv)
 
-    history: dict[str, list] = {"step": [], **{m: [] for m in METRIC_NAMES}, "val_step": [], "val_r2": []}
+    metric_names = METRIC_NAMES + (ED_METRIC_NAMES if ed_term is not None else ())
+    ed_meta = None if ed_term is None else ed_term.to_dict()
+    history: dict[str, list] = {"step": [], **{m: [] for m in metric_names}, "val_step": [], "val_r2": []}
     ckpt = None
     state = None
     if checkpoint_dir is not None:
@@ -571,16 +655,26 @@ def fit(
                     f"the checkpoint in {checkpoint_dir} was written for other training/validation data; "
                     "use the original data or a new directory"
                 )
+            if restored.metadata.get("ed_term") != ed_meta:
+                raise ValueError(
+                    f"the checkpoint in {checkpoint_dir} was written with other ED-term settings "
+                    f"({restored.metadata.get('ed_term')} != {ed_meta}); use the original settings or a new directory"
+                )
             state, history = restored.state, restored.history
     if state is None:
         state = init_state(config, init_key)
+        if init_from is not None:
+            state = state.replace(
+                g_params=init_from.g_params, g_stats=init_from.g_stats,
+                d_params=init_from.d_params, d_stats=init_from.d_stats,
+            )  # fmt: skip
     start = int(state.step)
     if mesh.size > 1:
-        train_step = make_train_step(config, mesh)
+        train_step = make_train_step(config, mesh, ed_term)
         state = parallel.replicate(state, mesh)
         place = functools.partial(parallel.global_batch, mesh=mesh)
     else:  # uncommitted host arrays go to the device the state is on
-        train_step = make_train_step(config)
+        train_step = make_train_step(config, ed_term=ed_term)
         device = mesh.devices.flat[0]
         if device != jax.devices()[0]:
             state = jax.device_put(state, device)
@@ -589,6 +683,8 @@ def fit(
     b = config.batch_size
     ckpt_meta = dict(metadata or {})
     ckpt_meta["data_fingerprint"] = fingerprint
+    if ed_meta is not None:
+        ckpt_meta["ed_term"] = ed_meta
 
     pending: list[tuple[int, dict]] = []
     quiet = not progress or jax.process_index() != 0
@@ -603,10 +699,13 @@ def fit(
             if done % eval_every == 0 or done == steps:
                 for st, m in jax.device_get(pending):
                     history["step"].append(int(st))
-                    for name in METRIC_NAMES:
+                    for name in metric_names:
                         history[name].append(float(m[name]))
                 pending.clear()
-                r2 = _set_r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
+                if val_score is None:
+                    r2 = _set_r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
+                else:
+                    r2 = float(val_score(state))
                 history["val_step"].append(done)
                 history["val_r2"].append(r2)
                 if on_eval is not None:
