@@ -25,15 +25,22 @@ def untimed(scores):
 
 
 def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
-    # examples/inverse_design.py trains an n_int->V generator, checks it by ED and refines one sample.
+    # examples/inverse_design.py trains an n_int->V generator, checks it by ED, refines one sample,
+    # then fine-tunes the generator through the ED (--ed-weight) and checks it again.
     example_main("inverse_design")(["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
                                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress",
-                                    "--log-input"])  # fmt: skip
+                                    "--log-input", "--ed-weight", "100", "--ed-steps", "2"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "recomputed-density R^2" in printed and "refined 1" in printed
+    assert "after ED-in-the-loop training" in printed
     summary = json.loads((tmp_path / "inv" / "inverse.json").read_text())
     assert summary["samples"] == 2 and summary["refinement"]["samples"] == 1
     assert (tmp_path / "inv" / "inverse.png").exists() and (tmp_path / "inv" / "refine.png").exists()
+    tuned = json.loads((tmp_path / "inv" / "n_int_to_V_ed" / "metrics.json").read_text())
+    assert tuned["ed_term"]["weight"] == 100.0 and tuned["init_from"]["step"] >= 1
+    after = json.loads((tmp_path / "inv" / "ed" / "inverse.json").read_text())
+    assert after["samples"] == 2 and math.isfinite(after["generator"]["density_r2_worst"])
+    assert (tmp_path / "inv" / "ed_in_the_loop.png").exists()
 
 
 def test_train_pix2pix_example_on_an_existing_dataset(tiny_dataset, tmp_path, capsys):

@@ -452,6 +452,41 @@ def run_inverse(
     return InverseRun(checked, refined, potential_r2, summary)
 
 
+def write_proposal_comparison(before, after, splits: Mapping, path, length_nm: float = 30.0, rows: int = 3) -> None:
+    """Figure: two generators' proposals for the same test densities, with their ED densities.
+
+    One row per sample, worst first by the `before` displaced charge: target density, the true
+    potential, then for each generator the proposed potential and the density the ED
+    recomputes for it (with its displaced charge).
+
+    Args:
+      before, after: `qdjax.inverse.CheckResult` of the first n test samples (same targets).
+      splits: as for `run_mapping` (the test split's V and n_int).
+      path: PNG file to write.
+      length_nm: box side for the axes.
+      rows: samples shown.
+    """
+    n = before.potential.shape[0]
+    q_before = np.asarray(before.scores["displaced_charge"])
+    q_after = np.asarray(after.scores["displaced_charge"])
+    order = np.argsort(-q_before)[: min(rows, n)]
+    test = splits["test"]
+    grid = [
+        [
+            ("n_int (target)", np.asarray(test["n_int"][i]), "nm$^{-2}$"),
+            ("V (true)", np.asarray(test["V"][i]), "eV"),
+            ("V, plain generator", np.asarray(before.potential[i]), "eV"),
+            (f"its ED density ({100 * q_before[i]:.1f} %)", np.asarray(before.density[i]), "nm$^{-2}$"),
+            ("V, ED-in-the-loop", np.asarray(after.potential[i]), "eV"),
+            (f"its ED density ({100 * q_after[i]:.1f} %)", np.asarray(after.density[i]), "nm$^{-2}$"),
+        ]
+        for i in order
+    ]
+    plot.image_grid(grid, length_nm, pathlib.Path(path),
+                    title="generator proposals and their ED densities (displaced charge), before and after "
+                          "ED-in-the-loop training")  # fmt: skip
+
+
 def check_summary(checked, target, true_V, density_mean, potential_mean) -> dict:
     """Scores of generator proposals checked by ED (a `qdjax.inverse.CheckResult`), JSON-ready.
 
