@@ -32,6 +32,7 @@ MODULES = [
     "qdjax.ml.scaling",
     "qdjax.ml.models",
     "qdjax.ml.state",
+    "qdjax.ml.physics",
     "qdjax.ml.checkpoint",
     "qdjax.ml.train",
     "qdjax.ml.evaluate",
