@@ -209,7 +209,12 @@ def _run_info(args: argparse.Namespace) -> int:
                 f"damaged chunks {info['damaged']} in {info['path']}; run the same qdjax generate command again "
                 "to recompute them"
             )
-        print(f"  checksums: all {info['chunks_done']} chunks verified")
+        if info["problems"]:
+            raise data.DatasetError(
+                f"{len(info['problems'])} chunk(s) disagree with the manifest or hold non-finite values; first: "
+                f"{info['problems'][0]}"
+            )
+        print(f"  checksums and contents: all {info['chunks_done']} chunks verified")
     return 0
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GenerateResult",
     "SPLITS",
+    "check_chunk",
     "code_fingerprint",
     "compute_samples",
     "config_from_manifest",
@@ -419,8 +420,12 @@ def generate(
         own = dict(manifests.get(name, {}).get("chunks", {}))
         recorded = _recorded(manifests)
         done = set()
+        current = dict(header, chunks={})
         for c in sorted(set(recorded) & mine):
-            if _file_sha256(folder / _chunk_name(c)) in recorded[c]:
+            raw = _read_bytes(folder / _chunk_name(c))
+            if raw is not None and hashlib.sha256(raw).hexdigest() in recorded[c]:
+                # a chunk recorded by a manifest with these settings holds samples of these settings
+                check_chunk(_parse_chunk(c, folder / _chunk_name(c), raw), c, current, folder / _chunk_name(c))
                 done.add(c)
             else:
                 own.pop(str(c), None)
@@ -546,6 +551,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         for key, entry in manifest.get("chunks", {}).items():
             chunks.setdefault(int(key), entry)
     merged["chunks"] = dict(sorted(chunks.items()))
+    _check_manifest(folder, merged)
     return merged
 
 
@@ -572,14 +578,17 @@ def load(
       split: None (all samples), "train", "validation" or "test" (contiguous index ranges
         stored in the manifest).
       n_electrons: if given, keep only this N and drop the N axis (see `Dataset`).
-      verify: check every chunk read against the sha256 in the manifest.
+      verify: check every chunk read against the sha256 in the manifest. Without it the
+        contents are still checked (`check_chunk`).
 
     Returns:
       Dataset (shapes and units in its docstring), samples in index order.
 
     Raises:
-      DatasetError: chunks missing (dataset unfinished), damaged (names the chunk and file),
-      or unreadable; unknown split or N.
+      DatasetError: an inconsistent manifest (overlapping splits, a chunk file outside the
+      folder; names the field); chunks missing (dataset unfinished), damaged (names the chunk
+      and file), unreadable, or whose arrays disagree with the manifest or hold NaN or inf
+      (`check_chunk`); unknown split or N.
     """
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -606,7 +615,7 @@ def load(
     parts = []
     for c in needed:
         entry = manifest["chunks"][c]
-        arrays = _read_chunk(folder, c, entry, verify)
+        arrays = _read_chunk(folder, c, entry, verify, manifest)
         start = entry["start"]
         parts.append({k: v[max(lo - start, 0) : hi - start] if k != "n_electrons" else v for k, v in arrays.items()})
     keys = [k for k in Dataset._fields if k != "n_electrons"]
@@ -630,7 +639,9 @@ def _empty(manifest: dict) -> dict[str, np.ndarray]:
     )  # fmt: skip
 
 
-def _read_chunk(folder: Path, c: int, entry: dict, verify: bool) -> dict[str, np.ndarray]:
+def _read_chunk(folder: Path, c: int, entry: dict, verify: bool, manifest: dict) -> dict[str, np.ndarray]:
+    """Arrays of chunk c, checked against the sha256 of its entry (if verify) and against the
+    manifest (`check_chunk`, always)."""
     file = folder / entry["file"]
     try:
         data = file.read_bytes()
@@ -646,14 +657,129 @@ def _read_chunk(folder: Path, c: int, entry: dict, verify: bool) -> dict[str, np
                 f"chunk {c} ({file}) is damaged: sha256 {digest[:12]}... differs from the manifest's "
                 f"{entry['sha256'][:12]}...; run `qdjax generate` again with the same arguments to recompute it"
             )
+    arrays = _parse_chunk(c, file, data)
+    check_chunk(arrays, c, manifest, file)
+    return arrays
+
+
+def _parse_chunk(c: int, file: Path, data: bytes) -> dict[str, np.ndarray]:
+    if not data:
+        raise DatasetError(
+            f"chunk {c} ({file}) is an empty file; run `qdjax generate` again with the same arguments to recompute it"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"chunk {c} ({file}) cannot be read as .npz: {e}") from None
-    if set(arrays) != set(ARRAY_KEYS) or len(arrays["index"]) != entry["stop"] - entry["start"]:
-        raise DatasetError(f"chunk {c} ({file}) does not hold the arrays {sorted(ARRAY_KEYS)} of its manifest entry")
-    return arrays
+
+
+def check_chunk(arrays: dict[str, np.ndarray], c: int, manifest: dict, file: str | os.PathLike = "") -> None:
+    """Raise DatasetError, naming the field, unless chunk c's arrays agree with the manifest.
+
+    Checks: the arrays are exactly `ARRAY_KEYS`; index is start..stop-1 of chunk c (contiguous);
+    seed is `sample_seeds` (manifest seed, index); n_electrons is the manifest's; V, n0, n_int,
+    energy0, energy_int and orbital_energies have the shapes of the manifest's config (grid,
+    orbitals) and N list; every floating array is finite.
+
+    Args:
+      arrays: the chunk's arrays (name -> NumPy array).
+      c: chunk index. manifest: as returned by `read_manifest`. file: shown in the message.
+    """
+    where = f"chunk {c}" + (f" ({file})" if file else "")
+    if set(arrays) != set(ARRAY_KEYS):
+        raise DatasetError(f"{where} holds the arrays {sorted(arrays)}, not {sorted(ARRAY_KEYS)}")
+    start, stop = _chunk_range(c, manifest["chunk_size"], manifest["n_samples"])
+    index = arrays["index"]
+    if index.shape != (stop - start,) or not np.array_equal(index, np.arange(start, stop)):
+        raise DatasetError(
+            f"{where}: its index array is not the contiguous samples {start}..{stop - 1} of the manifest "
+            f"(chunk_size {manifest['chunk_size']}, n_samples {manifest['n_samples']})"
+        )
+    if not np.array_equal(arrays["seed"], sample_seeds(manifest["seed"], range(start, stop))):
+        raise DatasetError(
+            f"{where}: its seed array does not follow from the manifest's seed {manifest['seed']} "
+            "(the manifest was edited, or the chunk belongs to another dataset)"
+        )
+    if arrays["n_electrons"].tolist() != list(manifest["n_electrons"]):
+        raise DatasetError(
+            f"{where}: its n_electrons {arrays['n_electrons'].tolist()} differ from the manifest's "
+            f"n_electrons {manifest['n_electrons']}"
+        )
+    config = config_from_manifest(manifest)
+    n, m, g, k = stop - start, len(manifest["n_electrons"]), config.grid, config.orbitals
+    shapes = dict(V=(n, g, g), n0=(n, m, g, g), n_int=(n, m, g, g), energy0=(n, m), energy_int=(n, m),
+                  orbital_energies=(n, k))  # fmt: skip
+    for key, shape in shapes.items():
+        if arrays[key].shape != shape:
+            raise DatasetError(
+                f"{where}: {key} has shape {arrays[key].shape}, not {shape} of the manifest's config "
+                f"(grid {g}, orbitals {k}) and n_electrons {manifest['n_electrons']}"
+            )
+        if not np.issubdtype(arrays[key].dtype, np.floating):
+            raise DatasetError(f"{where}: {key} has dtype {arrays[key].dtype}, not a floating type")
+        bad = ~np.isfinite(arrays[key])
+        if bad.any():
+            sample = int(index[np.argwhere(bad)[0][0]])
+            raise DatasetError(
+                f"{where} holds NaN or infinite values in {key} (first at sample {sample}); run `qdjax generate` "
+                "again with the same arguments in a new folder, or report it"
+            )
+
+
+def _check_manifest(folder: Path, manifest: dict) -> None:
+    """Raise DatasetError, naming the field, unless the manifest is consistent in itself.
+
+    n_samples, chunk_size and seed are integers (positive, positive, non-negative) and
+    n_chunks follows from them; splits are the three `SPLITS`, each [start, stop] with
+    0 <= start <= stop <= n_samples, pairwise disjoint; every chunk entry c < n_chunks covers
+    samples start..stop-1 of chunk c and names a file inside the folder (a plain file name).
+    """
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    n, size = manifest.get("n_samples"), manifest.get("chunk_size")
+    for key, value, low in (("n_samples", n, 1), ("chunk_size", size, 1), ("seed", manifest.get("seed"), 0)):
+        if not integer(value) or value < low:
+            raise DatasetError(f"{folder}: the manifest's {key} is {value!r}, not an integer >= {low}")
+    if manifest.get("n_chunks") != -(-n // size):
+        raise DatasetError(f"{folder}: the manifest's n_chunks {manifest.get('n_chunks')!r} does not follow from "
+                           f"n_samples {n} and chunk_size {size}")  # fmt: skip
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        shown = sorted(splits) if isinstance(splits, dict) else splits
+        raise DatasetError(f"{folder}: the manifest's splits {shown!r} are not the three {SPLITS}")
+    for name in SPLITS:
+        bounds = splits[name]
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(integer(b) for b in bounds)
+                and 0 <= bounds[0] <= bounds[1] <= n):  # fmt: skip
+            raise DatasetError(
+                f"{folder}: the manifest's splits.{name} is {bounds!r}, not [start, stop] with "
+                f"0 <= start <= stop <= n_samples={n}"
+            )
+    ordered = sorted((name for name in SPLITS if splits[name][0] < splits[name][1]), key=lambda name: splits[name])
+    for a, b in zip(ordered, ordered[1:]):
+        if splits[a][1] > splits[b][0]:
+            raise DatasetError(
+                f"{folder}: the manifest's splits {a} {splits[a]} and {b} {splits[b]} overlap; "
+                "samples would be shared between them"
+            )
+    for c, entry in manifest["chunks"].items():
+        if not 0 <= c < manifest["n_chunks"]:
+            raise DatasetError(f"{folder}: the manifest records chunk {c} of {manifest['n_chunks']}")
+        file = entry.get("file")
+        if (not isinstance(file, str) or not file or Path(file).name != file or file in (".", "..")
+                or "\\" in file or file.startswith(".")):  # fmt: skip
+            raise DatasetError(
+                f"{folder}: the manifest's file of chunk {c} is {file!r}, not a file name inside the dataset folder"
+            )
+        start, stop = _chunk_range(c, size, n)
+        if (entry.get("start"), entry.get("stop")) != (start, stop):
+            raise DatasetError(
+                f"{folder}: the manifest's chunk {c} covers samples {entry.get('start')!r}..{entry.get('stop')!r}, "
+                f"not {start}..{stop} (chunk_size {size})"
+            )
 
 
 def merge(path: str | os.PathLike) -> Path:
@@ -697,7 +823,12 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
       chunk_size, batch_size, splits, n_chunks, chunks_done, complete, manifests (file names),
       bytes (size of the chunk files), stray_files (temporary files of interrupted writes),
       code (the distinct `code_fingerprint` values of the chunks) and, with verify=True,
-      damaged (indices of recorded chunks whose sha256 differs).
+      damaged (indices of recorded chunks that are missing or whose sha256 differs) and
+      problems (one message per other chunk whose arrays disagree with the manifest or hold
+      NaN or inf, `check_chunk`).
+
+    Raises:
+      DatasetError: no manifest, or one that is inconsistent in itself (`read_manifest`).
     """
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -714,7 +845,17 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
         code=sorted({e.get("code", "?") for e in chunks.values()}),
     )
     if verify:
-        info["damaged"] = [c for c, e in chunks.items() if _file_sha256(folder / e["file"]) != e["sha256"]]
+        info["damaged"], info["problems"] = [], []
+        for c, entry in chunks.items():
+            file = folder / entry["file"]
+            raw = _read_bytes(file)
+            if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+                info["damaged"].append(c)
+                continue
+            try:
+                check_chunk(_parse_chunk(c, file, raw), c, manifest, file)
+            except DatasetError as e:
+                info["problems"].append(str(e))
     return info
 
 
@@ -773,6 +914,8 @@ def _check_folder(folder: Path, header: dict) -> None:
             f"{folder} holds a dataset made with other settings ({diffs}); use another folder, "
             "or repeat the original arguments to continue it"
         )
+    for manifest in manifests.values():
+        _check_manifest(folder, dict(manifest, chunks={int(k): v for k, v in manifest.get("chunks", {}).items()}))
 
 
 def _check_empty(folder: Path) -> None:
@@ -866,6 +1009,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _file_sha256(path: Path) -> str | None:

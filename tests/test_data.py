@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import qdjax
+import qdjax.cli
 from qdjax import backend, data, ed, potentials
 from conftest import TINY_FLAGS, xla_flags
 
@@ -299,3 +300,114 @@ def test_invalid_arguments_are_rejected_before_any_work(tmp_path, kwargs, messag
     with pytest.raises(ValueError, match=message):
         data.generate(tmp_path / "x", N_SAMPLES, **dict(KW, **kwargs))
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 4:
+# the manifest is checked against the chunks, and against itself
+
+
+def edit_manifest(folder, change):
+    """Rewrite manifest.json after change(manifest) (a hand edit)."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def rewrite_chunk(folder, c, change):
+    """Replace chunk c by np.savez of its arrays after change(arrays), with the manifest's
+    sha256 updated to the new file (a chunk that passes the checksum)."""
+    import hashlib
+
+    path = folder / f"chunk-{c:05d}.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    edit_manifest(folder, lambda m: m["chunks"][str(c)].update(sha256=digest))
+
+
+def refused_everywhere(folder, field, generate_kwargs=None):
+    """load, describe(verify=True) and generate with the manifest's settings all name `field`."""
+    with pytest.raises(data.DatasetError, match=field):
+        data.load(folder)
+    with pytest.raises(data.DatasetError, match=field):
+        info = data.describe(folder, verify=True)
+        if info["problems"]:
+            raise data.DatasetError("; ".join(info["problems"]))
+    if generate_kwargs is not None:
+        with pytest.raises(data.DatasetError, match=field):
+            data.generate(folder, N_SAMPLES, **dict(KW, **generate_kwargs))
+
+
+def test_an_edited_seed_is_caught_by_the_stored_seeds(copy):
+    edit_manifest(copy, lambda m: m.update(seed=8))
+    # generate with the edited settings used to report "dataset complete"
+    refused_everywhere(copy, "seed", dict(seed=8))
+
+
+def test_an_edited_grid_is_caught_by_the_stored_shapes(copy):
+    edit_manifest(copy, lambda m: m["config"].update(grid=20))
+    refused_everywhere(copy, "grid", dict(config=CFG.replace(grid=20)))
+
+
+def test_edited_electron_numbers_are_caught(copy):
+    edit_manifest(copy, lambda m: m.update(n_electrons=[4, 3, 2, 1]))
+    refused_everywhere(copy, "n_electrons", dict(n_electrons=(4, 3, 2, 1)))
+
+
+@pytest.mark.parametrize("splits, word", [
+    ({"train": [0, 7], "validation": [6, 7], "test": [7, 8]}, "overlap"),  # validation leaks training samples
+    ({"train": [0, 6], "validation": [6, 7], "test": [7, 9]}, "n_samples"),
+    ({"train": [0, 6], "validation": [7, 6], "test": [7, 8]}, "validation"),
+    ({"train": [0, 6], "test": [6, 8]}, "validation"),
+])  # fmt: skip
+def test_splits_must_be_disjoint_ranges_of_the_samples(copy, splits, word):
+    edit_manifest(copy, lambda m: m.update(splits=splits))
+    for split in (None, "train"):
+        with pytest.raises(data.DatasetError, match=f"splits.*{word}"):
+            data.load(copy, split)
+    with pytest.raises(data.DatasetError, match="splits"):
+        data.describe(copy)
+
+
+@pytest.mark.parametrize("file", ["../outside.npz", "/tmp/chunk-00000.npz", "sub/chunk-00000.npz"])
+def test_chunk_files_must_stay_inside_the_folder(copy, file):
+    # Even a file outside with the right checksum is refused: the manifest names files in its folder.
+    outside = copy.parent / "outside.npz"
+    shutil.copy(copy / "chunk-00000.npz", outside)
+    edit_manifest(copy, lambda m: m["chunks"]["0"].update(file=file))
+    with pytest.raises(data.DatasetError, match="file"):
+        data.load(copy)
+    with pytest.raises(data.DatasetError, match="file"):
+        data.describe(copy, verify=True)
+
+
+def test_unverified_load_still_checks_the_indices(copy):
+    rewrite_chunk(copy, 1, lambda a: a.update(index=a["index"][::-1].copy()))
+    with pytest.raises(data.DatasetError, match="index"):
+        data.load(copy, verify=False)
+
+
+def test_an_empty_chunk_is_a_clear_error(copy):
+    (copy / "chunk-00001.npz").write_bytes(b"")
+    for verify in (True, False):
+        with pytest.raises(data.DatasetError, match=r"chunk 1 .*chunk-00001\.npz"):
+            data.load(copy, verify=verify)
+
+
+@pytest.mark.parametrize("key, bad", [("n_int", np.nan), ("V", np.inf), ("energy0", -np.inf)])
+def test_non_finite_values_in_a_chunk_are_reported(copy, key, bad, capsys):
+    def poison(arrays):
+        arrays[key].flat[5] = bad
+
+    rewrite_chunk(copy, 2, poison)  # the checksum matches: only the contents tell
+    with pytest.raises(data.DatasetError, match=f"chunk 2.*NaN or infinite.*{key}"):
+        data.load(copy)
+    with pytest.raises(data.DatasetError, match=f"NaN or infinite.*{key}"):
+        data.load(copy, "test", verify=False)
+    assert data.load(copy, "train").index.tolist() == list(range(6))  # chunks 0 and 1 are clean
+    assert qdjax.cli.main(["info", str(copy), "--verify"]) == 1
+    assert f"NaN or infinite values in {key}" in capsys.readouterr().err
