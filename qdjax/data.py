@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 import time
 import zipfile
@@ -382,8 +383,9 @@ def generate(
       GenerateResult.
 
     Raises:
-      ValueError: invalid arguments. DatasetError: `out` holds something else, or another
-      process is writing the same manifest.
+      ValueError: invalid arguments. DatasetError: `out` holds something else (other
+      settings, a manifest inconsistent in itself or with its chunks), or another process is
+      writing the same manifest or the folder in another layout (process count).
     """
     t_start = time.perf_counter()
     ns = _check_n_electrons(n_electrons, config)
@@ -411,12 +413,10 @@ def generate(
     mine = set(range(p_index, n_chunks, p_count))
 
     _check_folder(folder, header)  # before the lock file is created
-    with _lock(folder / f".{name}.lock"):
+    with _writer_lock(folder, name, p_count):
         _check_folder(folder, header)
         manifests = _read_manifests(folder)
-        for c in sorted(mine):
-            _remove(folder / f".{_chunk_name(c)}.tmp")
-        _remove(folder / f".{name}.tmp")
+        _remove_temporaries(folder, [_chunk_name(c) for c in mine] + [name])
         own = dict(manifests.get(name, {}).get("chunks", {}))
         recorded = _recorded(manifests)
         done = set()
@@ -806,7 +806,7 @@ def merge(path: str | os.PathLike) -> Path:
             )
     header = {k: v for k, v in manifest.items() if k != "chunks"}
     chunks = {str(c): entry for c, entry in manifest["chunks"].items()}
-    with _lock(folder / f".{_MANIFEST}.lock"):
+    with _writer_lock(folder, _MANIFEST, 1):
         _write_manifest(folder / _MANIFEST, header, chunks, 0, 1)
         for name in _read_manifests(folder):
             if name != _MANIFEST:
@@ -996,13 +996,20 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to ``.<name>.tmp``, flush to disk, rename over `path`, sync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to ``.<name>.<random>.tmp``, flush to disk, rename over `path`, sync the folder.
+
+    The random part (48 bits) keeps the temporary files of two writers of the same name apart.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     with contextlib.suppress(OSError):
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -1031,25 +1038,67 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _remove_temporaries(folder: Path, names: Iterable[str]) -> None:
+    """Delete the temporary files (``.<name>.tmp``, ``.<name>.<random>.tmp``) of interrupted writes of `names`."""
+    prefixes = tuple(f".{name}." for name in names)
+    for p in folder.iterdir():
+        if p.name.endswith(".tmp") and p.name.startswith(prefixes):
+            _remove(p)
+
+
+def _process_count(manifest_name: str) -> int:
+    """P of a manifest file name: 1 for manifest.json, P for manifest.process-<i>-of-<P>.json."""
+    match = _MANIFEST_RE.match(manifest_name)
+    return int(match[3]) if match and match[1] else 1
+
+
 @contextlib.contextmanager
-def _lock(path: Path):
-    """Exclusive advisory lock on `path` (POSIX flock; released when the process dies)."""
+def _writer_lock(folder: Path, name: str, p_count: int):
+    """Hold the lock of the writer of manifest `name` (one of `p_count` processes) in `folder`.
+
+    Locks are `filelock.FileLock` files ``.<manifest name>.lock`` (an OS lock, released when
+    the holder dies). Refused with DatasetError, before anything is written: a second writer of
+    the same manifest, and any writer while one of another layout (another process count:
+    a plain run and a run with --process-count 2) holds its lock. A short-lived folder lock
+    ``.dataset.lock`` makes that check and the taking of the writer's own lock one step.
+    """
+    import filelock
+
+    def refuse(holder: str) -> DatasetError:
+        count = _process_count(holder)
+        layout = "a single process" if count == 1 else f"--process-count {count}"
+        return DatasetError(
+            f"another process is writing {folder} ({holder}, {layout}; this run: process count {p_count}); "
+            "every writer of a folder must use the same --process-count and its own --process-index: "
+            "wait for it to finish or stop it"
+        )
+
+    guard = filelock.FileLock(folder / ".dataset.lock", timeout=30)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
+        guard.acquire()
+    except filelock.Timeout:
+        raise DatasetError(f"{folder}: .dataset.lock stayed locked for 30 s; is another writer stuck?") from None
+    try:
+        for other in sorted(folder.glob(".manifest*.json.lock")):
+            holder = other.name[1 : -len(".lock")]
+            if holder != name and _MANIFEST_RE.match(holder) and _process_count(holder) != p_count:
+                probe = filelock.FileLock(other, timeout=0)
+                try:
+                    probe.acquire()
+                except filelock.Timeout:
+                    raise refuse(holder) from None
+                probe.release()
+        own = filelock.FileLock(folder / f".{name}.lock", timeout=0)
+        try:
+            own.acquire()
+        except filelock.Timeout:
+            raise refuse(name) from None
+    finally:
+        guard.release()
+    try:
         yield
-        return
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DatasetError(
-                f"another process is writing {path.parent} ({path.name[1:-5]} is locked); wait for it or stop it"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        own.release()
 
 
 # ----------------------------------------------------------------------------- validation

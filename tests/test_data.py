@@ -227,6 +227,12 @@ def test_the_files_are_plain_numpy(reference):
         assert entry["code"] == data.code_fingerprint()
 
 
+#: Thread-count getters of the OpenBLAS builds that NumPy, SciPy and jaxlib use (the oracle below
+#: asks OpenBLAS itself, independently of threadpoolctl, which `single_threaded_blas` uses).
+OPENBLAS_GETTERS = ("scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                    "openblas_get_num_threads", "openblas_get_num_threads64_")  # fmt: skip
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds OpenBLAS through /proc/self/maps")
 def test_single_threaded_blas_sets_and_restores_the_thread_count():
     import ctypes
@@ -236,14 +242,32 @@ def test_single_threaded_blas_sets_and_restores_the_thread_count():
     jnp.linalg.eigh(jnp.eye(2))  # loads the LAPACK library of JAX's CPU kernels
     with open("/proc/self/maps") as maps:
         paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g, _ in backend._OPENBLAS_THREAD_FUNCTIONS
-               if hasattr(ctypes.CDLL(p), g)]  # fmt: skip
+    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g in OPENBLAS_GETTERS if hasattr(ctypes.CDLL(p), g)]
     if not getters:
         pytest.skip("no OpenBLAS loaded")
     before = [g() for g in getters]
     with data.single_threaded_blas():
         assert [g() for g in getters] == [1] * len(getters)
     assert [g() for g in getters] == before
+
+
+def test_single_threaded_blas_goes_through_threadpoolctl(monkeypatch):
+    # Issue 28, finding 8: the BLAS thread limit is threadpoolctl's (every BLAS it knows:
+    # OpenBLAS, MKL, BLIS), not a scan of /proc/self/maps with ctypes calls.
+    import threadpoolctl
+
+    calls = []
+    limits = threadpoolctl.threadpool_limits
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return limits(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", recording)
+    with data.single_threaded_blas():
+        pass
+    assert calls == [((), dict(limits=1, user_api="blas"))]
+    assert data.single_threaded_blas is backend.single_threaded_blas
 
 
 def test_several_devices_give_the_same_bits(reference, tmp_path):
@@ -411,3 +435,50 @@ def test_non_finite_values_in_a_chunk_are_reported(copy, key, bad, capsys):
     assert data.load(copy, "train").index.tolist() == list(range(6))  # chunks 0 and 1 are clean
     assert qdjax.cli.main(["info", str(copy), "--verify"]) == 1
     assert f"NaN or infinite values in {key}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 5:
+# concurrent writers with different layouts
+
+
+@pytest.mark.parametrize("running, starting", [
+    (dict(), dict(process_index=1, process_count=2)),  # the issue's crash: plain run, then a share of two
+    (dict(process_index=0, process_count=2), dict()),
+])  # fmt: skip
+def test_a_writer_of_another_layout_is_refused_while_one_runs(tmp_path, running, starting):
+    # A real `generate` in a subprocess (200 samples of 1, enough to keep it busy); once its manifest
+    # exists it holds its lock, and a writer of the other layout must be refused before writing.
+    folder = tmp_path / "shared"
+    n = 200
+    code = textwrap.dedent(f"""
+        import qdjax
+        from qdjax import data
+        data.generate({str(folder)!r}, {n}, n_electrons={NS}, config=qdjax.EDConfig(grid=16, basis=8, orbitals=4),
+                      seed={SEED}, chunk_size=1, batch_size=1, progress=False, **{running!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(folder.glob("manifest*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        before = sorted(p.name for p in folder.iterdir() if p.name.startswith("manifest"))
+        with pytest.raises(data.DatasetError, match=r"another process is writing .*process.count"):
+            data.generate(folder, n, **dict(KW, chunk_size=1, splits=None, **starting))
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("manifest")) == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+def test_temporary_names_of_two_writes_differ(tmp_path, monkeypatch):
+    # Two writers of the same file (e.g. a chunk) must not share a temporary file.
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(data.os, "replace", lambda src, dst: (renamed.append(Path(src)), replace(src, dst)))
+    target = tmp_path / "chunk-00000.npz"
+    data._atomic_write(target, b"one")
+    data._atomic_write(target, b"two")
+    assert len(renamed) == 2 and renamed[0] != renamed[1]
+    assert all(p.name.startswith(".chunk-00000.npz.") and p.name.endswith(".tmp") for p in renamed)
+    assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["chunk-00000.npz"]
