@@ -139,43 +139,22 @@ def full_precision(dtype):
     return jax.default_matmul_precision("highest")
 
 
-#: (get, set) thread-count functions of the OpenBLAS builds that NumPy, SciPy and jaxlib use.
-_OPENBLAS_THREAD_FUNCTIONS = (
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-)
-
-
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Run a block with every loaded OpenBLAS on one thread; the thread counts are restored after.
+    """Run a block with every loaded BLAS (OpenBLAS, MKL, BLIS) on one thread; the thread
+    counts are restored after.
 
     JAX's CPU LAPACK kernels (eigh) call SciPy's OpenBLAS, whose own threads change the last
     bits of the results with the core count and, on a shared few-core CPU, slow the small
     eigendecompositions of the ED down many times (docs/data.md, "Known issues"). XLA still
-    runs independent solves in parallel. Linux only (the libraries are found in
-    /proc/self/maps); elsewhere, or for other BLAS builds, the block runs unchanged.
+    runs independent solves in parallel. The limits are set by threadpoolctl
+    (``threadpool_limits(limits=1, user_api="blas")``) on the libraries loaded when the block
+    starts; JAX's CPU LAPACK is loaded first. Libraries threadpoolctl does not know run
+    unchanged.
     """
-    import ctypes
+    import threadpoolctl
 
     cpu = jax.devices("cpu")[0]
     jax.block_until_ready(jax.numpy.linalg.eigh(jax.device_put(np.eye(2), cpu)))  # loads CPU LAPACK
-    restore = []
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-        for path in paths:
-            with contextlib.suppress(OSError):
-                library = ctypes.CDLL(path)
-                for get, set_ in _OPENBLAS_THREAD_FUNCTIONS:
-                    if hasattr(library, get) and hasattr(library, set_):
-                        restore.append((getattr(library, set_), getattr(library, get)()))
-                        getattr(library, set_)(1)
-                        break
-    try:
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        for set_threads, threads in restore:
-            set_threads(threads)

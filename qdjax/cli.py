@@ -86,6 +86,40 @@ def config_from_args(args: argparse.Namespace) -> EDConfig:
     return EDConfig(**changes)
 
 
+def check_out(text: str, kind: str = "folder") -> None:
+    """Raise ValueError naming --out unless `text` can be written as a `kind` ("folder" or "file").
+
+    Refused: an empty name; a dangling symbolic link; for a folder, an existing file; for a
+    file, an existing folder; a path under an existing file. Checked before any work.
+    """
+    import pathlib
+
+    if not text.strip():
+        raise ValueError(f"--out must name a {kind}, got an empty string")
+    path = pathlib.Path(text)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"--out {text} is a dangling symbolic link (to {path.readlink()}); remove it or choose another")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {text} is a file, not a folder; choose another")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"--out {text} is a folder; give a file name, e.g. {path / 'figure.png'}")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(f"--out {text}: {parent} is not a folder")
+            break
+
+
+def check_counts(args: argparse.Namespace, minimum: dict[str, int]) -> None:
+    """Raise ValueError naming the flag unless each integer option (dest -> its least value) is
+    at least that value (None, an unset optional count, passes)."""
+    for dest, low in minimum.items():
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} must be {'positive' if low == 1 else f'at least {low}'}, got {value}")
+
+
 # ----------------------------------------------------------------------------- generate
 
 
@@ -131,6 +165,7 @@ def _add_generate(subparsers) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from qdjax import data
 
+    check_out(args.out)
     if args.merge:
         path = data.merge(args.out)
         print(f"qdjax generate: merged manifests into {path.resolve()}")
@@ -211,7 +246,12 @@ def _run_info(args: argparse.Namespace) -> int:
                 f"damaged chunks {info['damaged']} in {info['path']}; run the same qdjax generate command again "
                 "to recompute them"
             )
-        print(f"  checksums: all {info['chunks_done']} chunks verified")
+        if info["problems"]:
+            raise data.DatasetError(
+                f"{len(info['problems'])} chunk(s) disagree with the manifest or hold non-finite values; first: "
+                f"{info['problems'][0]}"
+            )
+        print(f"  checksums and contents: all {info['chunks_done']} chunks verified")
     return 0
 
 
@@ -292,10 +332,24 @@ def _devices(text: str) -> list:
     return available[:n]
 
 
+def _split_size(path: str, split: str) -> int:
+    """Samples in a split of a dataset, from its manifest."""
+    from qdjax import data
+
+    start, stop = data.read_manifest(path)["splits"][split]
+    return stop - start
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from qdjax import data
     from qdjax.ml import experiment
 
+    check_out(args.out)
+    check_counts(args, {"steps": 1, "batch": 1, "eval_every": 1, "lr_decay": 0})
+    train_size = _split_size(args.data, "train")
+    if args.batch > train_size:
+        raise ValueError(f"--batch {args.batch} is larger than the training split of {args.data} ({train_size} "
+                         "samples)")  # fmt: skip
     if not 0 <= args.lr_decay <= args.steps:
         raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
     if not (args.ed_weight >= 0 and math.isfinite(args.ed_weight)):
@@ -369,6 +423,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from qdjax import data
     from qdjax.ml import evaluate, experiment
 
+    check_out(args.out)
     step = int(args.step) if args.step.isdigit() else args.step
     run = experiment.load_run(args.checkpoint, step)
     src, dst = evaluate.check_mapping(run.mapping)
@@ -426,6 +481,8 @@ def _run_invert(args: argparse.Namespace) -> int:
     from qdjax import data
     from qdjax.ml import experiment
 
+    check_out(args.out)
+    check_counts(args, {"samples": 1, "refine": 0, "refine_steps": 1})
     run = experiment.load_run(args.checkpoint)
     if run.mapping != "n_int->V":
         raise ValueError(f"qdjax invert needs an n_int->V checkpoint, {args.checkpoint} holds {run.mapping}")
@@ -465,7 +522,7 @@ def _add_plot(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random-potential seed when no --data (default: 0)")
     p.add_argument("--n-electrons", type=int, nargs="+", default=[1, 2, 3, 4], metavar="N",
                    help="electron numbers to solve when no --data (default: 1 2 3 4)")  # fmt: skip
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True, help="PNG file to write (.png is added to a name without a suffix)")
     add_config_arguments(p)
     p.set_defaults(func=_run_plot)
 
@@ -475,6 +532,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 
     from qdjax import data, ed, plot, potentials
 
+    check_out(args.out, "file")
     if args.data is not None:
         manifest = data.read_manifest(args.data)
         config = data.config_from_manifest(manifest)

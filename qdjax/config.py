@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+
+import numpy as np
 
 from qdjax import backend, units
 
@@ -65,13 +68,20 @@ class EDConfig:
     def __post_init__(self):
         for name in ("grid", "basis", "orbitals"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"EDConfig.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers stored as int (hashing, JSON)
+        for name in ("length_nm", "m_eff", "eps_r", "degeneracy_tol"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise ValueError(f"EDConfig.{name} must be a real number, got {value!r}")
+            if isinstance(value, (np.floating, np.integer)):
+                object.__setattr__(self, name, value.item())
         for name in ("length_nm", "m_eff"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"EDConfig.{name} must be a positive finite number, got {value!r}")
-        if not (isinstance(self.eps_r, (int, float)) and self.eps_r > 0 and not math.isnan(self.eps_r)):
+        if not (self.eps_r > 0 and not math.isnan(self.eps_r)):
             raise ValueError(f"EDConfig.eps_r must be positive (math.inf for no interaction), got {self.eps_r!r}")
         if self.orbitals > self.basis**2:
             raise ValueError(
@@ -80,7 +90,7 @@ class EDConfig:
             )
         if self.density_mode not in _DENSITY_MODES:
             raise ValueError(f"EDConfig.density_mode must be one of {_DENSITY_MODES}, got {self.density_mode!r}")
-        if not (isinstance(self.degeneracy_tol, (int, float)) and self.degeneracy_tol >= 0):
+        if not self.degeneracy_tol >= 0:
             raise ValueError(f"EDConfig.degeneracy_tol must be >= 0 eV, got {self.degeneracy_tol!r}")
         if self.eigensolver not in _EIGENSOLVERS:
             raise ValueError(f"EDConfig.eigensolver must be one of {_EIGENSOLVERS}, got {self.eigensolver!r}")
@@ -88,6 +98,35 @@ class EDConfig:
             raise ValueError(f"EDConfig.batching must be one of {backend.BATCHING}, got {self.batching!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"EDConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        self._check_scales()
+
+    def _check_scales(self) -> None:
+        """Refuse box lengths and masses whose scales the dtype cannot hold.
+
+        The box area L^2 (nm^2), the density scale 1 / h^2 (nm^-2) and the largest kinetic
+        energy hbar^2 pi^2 (2 basis^2) / (2 m* L^2) (eV) must lie within
+        [sqrt(tiny), sqrt(max)] of the dtype (float64: 1e-154..1e154, float32: 1e-19..1.8e19),
+        so that their products inside the ED stay finite and normal. Computed in logarithms,
+        so that no intermediate overflows.
+        """
+        info = np.finfo(self.dtype)
+        lo, hi = 0.5 * math.log10(info.tiny), 0.5 * math.log10(info.max)
+        log_l = math.log10(self.length_nm)
+        scales = {
+            "the box area L^2 (nm^2)": 2 * log_l,
+            "the density scale 1/h^2 (nm^-2)": 2 * (math.log10(self.grid) - log_l),
+            "the largest kinetic energy hbar^2 pi^2 (2 basis^2) / (2 m* L^2) (eV)": (
+                math.log10(2 * math.pi**2 * units.HBAR2_OVER_2ME) - math.log10(self.m_eff) + 2 * math.log10(self.basis)
+                - 2 * log_l
+            ),
+        }
+        for what, log_value in scales.items():
+            if not lo <= log_value <= hi:
+                raise ValueError(
+                    f"EDConfig.length_nm={self.length_nm!r} with m_eff={self.m_eff!r}, grid={self.grid}, "
+                    f"basis={self.basis} gives {what} of 1e{log_value:.0f}, outside the range "
+                    f"1e{lo:.0f}..1e{hi:.0f} that dtype {self.dtype} handles"
+                )
 
     @property
     def pixel_nm(self) -> float:

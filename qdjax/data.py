@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 import time
 import zipfile
@@ -68,6 +69,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GenerateResult",
     "SPLITS",
+    "check_chunk",
     "code_fingerprint",
     "compute_samples",
     "config_from_manifest",
@@ -381,8 +383,9 @@ def generate(
       GenerateResult.
 
     Raises:
-      ValueError: invalid arguments. DatasetError: `out` holds something else, or another
-      process is writing the same manifest.
+      ValueError: invalid arguments. DatasetError: `out` holds something else (other
+      settings, a manifest inconsistent in itself or with its chunks), or another process is
+      writing the same manifest or the folder in another layout (process count).
     """
     t_start = time.perf_counter()
     ns = _check_n_electrons(n_electrons, config)
@@ -410,17 +413,19 @@ def generate(
     mine = set(range(p_index, n_chunks, p_count))
 
     _check_folder(folder, header)  # before the lock file is created
-    with _lock(folder / f".{name}.lock"):
+    with _writer_lock(folder, name, p_count):
         _check_folder(folder, header)
         manifests = _read_manifests(folder)
-        for c in sorted(mine):
-            _remove(folder / f".{_chunk_name(c)}.tmp")
-        _remove(folder / f".{name}.tmp")
+        _remove_temporaries(folder, [_chunk_name(c) for c in mine] + [name])
         own = dict(manifests.get(name, {}).get("chunks", {}))
         recorded = _recorded(manifests)
         done = set()
+        current = dict(header, chunks={})
         for c in sorted(set(recorded) & mine):
-            if _file_sha256(folder / _chunk_name(c)) in recorded[c]:
+            raw = _read_bytes(folder / _chunk_name(c))
+            if raw is not None and hashlib.sha256(raw).hexdigest() in recorded[c]:
+                # a chunk recorded by a manifest with these settings holds samples of these settings
+                check_chunk(_parse_chunk(c, folder / _chunk_name(c), raw), c, current, folder / _chunk_name(c))
                 done.add(c)
             else:
                 own.pop(str(c), None)
@@ -546,6 +551,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         for key, entry in manifest.get("chunks", {}).items():
             chunks.setdefault(int(key), entry)
     merged["chunks"] = dict(sorted(chunks.items()))
+    _check_manifest(folder, merged)
     return merged
 
 
@@ -572,14 +578,17 @@ def load(
       split: None (all samples), "train", "validation" or "test" (contiguous index ranges
         stored in the manifest).
       n_electrons: if given, keep only this N and drop the N axis (see `Dataset`).
-      verify: check every chunk read against the sha256 in the manifest.
+      verify: check every chunk read against the sha256 in the manifest. Without it the
+        contents are still checked (`check_chunk`).
 
     Returns:
       Dataset (shapes and units in its docstring), samples in index order.
 
     Raises:
-      DatasetError: chunks missing (dataset unfinished), damaged (names the chunk and file),
-      or unreadable; unknown split or N.
+      DatasetError: an inconsistent manifest (overlapping splits, a chunk file outside the
+      folder; names the field); chunks missing (dataset unfinished), damaged (names the chunk
+      and file), unreadable, or whose arrays disagree with the manifest or hold NaN or inf
+      (`check_chunk`); unknown split or N.
     """
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -606,7 +615,7 @@ def load(
     parts = []
     for c in needed:
         entry = manifest["chunks"][c]
-        arrays = _read_chunk(folder, c, entry, verify)
+        arrays = _read_chunk(folder, c, entry, verify, manifest)
         start = entry["start"]
         parts.append({k: v[max(lo - start, 0) : hi - start] if k != "n_electrons" else v for k, v in arrays.items()})
     keys = [k for k in Dataset._fields if k != "n_electrons"]
@@ -630,7 +639,9 @@ def _empty(manifest: dict) -> dict[str, np.ndarray]:
     )  # fmt: skip
 
 
-def _read_chunk(folder: Path, c: int, entry: dict, verify: bool) -> dict[str, np.ndarray]:
+def _read_chunk(folder: Path, c: int, entry: dict, verify: bool, manifest: dict) -> dict[str, np.ndarray]:
+    """Arrays of chunk c, checked against the sha256 of its entry (if verify) and against the
+    manifest (`check_chunk`, always)."""
     file = folder / entry["file"]
     try:
         data = file.read_bytes()
@@ -646,14 +657,129 @@ def _read_chunk(folder: Path, c: int, entry: dict, verify: bool) -> dict[str, np
                 f"chunk {c} ({file}) is damaged: sha256 {digest[:12]}... differs from the manifest's "
                 f"{entry['sha256'][:12]}...; run `qdjax generate` again with the same arguments to recompute it"
             )
+    arrays = _parse_chunk(c, file, data)
+    check_chunk(arrays, c, manifest, file)
+    return arrays
+
+
+def _parse_chunk(c: int, file: Path, data: bytes) -> dict[str, np.ndarray]:
+    if not data:
+        raise DatasetError(
+            f"chunk {c} ({file}) is an empty file; run `qdjax generate` again with the same arguments to recompute it"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"chunk {c} ({file}) cannot be read as .npz: {e}") from None
-    if set(arrays) != set(ARRAY_KEYS) or len(arrays["index"]) != entry["stop"] - entry["start"]:
-        raise DatasetError(f"chunk {c} ({file}) does not hold the arrays {sorted(ARRAY_KEYS)} of its manifest entry")
-    return arrays
+
+
+def check_chunk(arrays: dict[str, np.ndarray], c: int, manifest: dict, file: str | os.PathLike = "") -> None:
+    """Raise DatasetError, naming the field, unless chunk c's arrays agree with the manifest.
+
+    Checks: the arrays are exactly `ARRAY_KEYS`; index is start..stop-1 of chunk c (contiguous);
+    seed is `sample_seeds` (manifest seed, index); n_electrons is the manifest's; V, n0, n_int,
+    energy0, energy_int and orbital_energies have the shapes of the manifest's config (grid,
+    orbitals) and N list; every floating array is finite.
+
+    Args:
+      arrays: the chunk's arrays (name -> NumPy array).
+      c: chunk index. manifest: as returned by `read_manifest`. file: shown in the message.
+    """
+    where = f"chunk {c}" + (f" ({file})" if file else "")
+    if set(arrays) != set(ARRAY_KEYS):
+        raise DatasetError(f"{where} holds the arrays {sorted(arrays)}, not {sorted(ARRAY_KEYS)}")
+    start, stop = _chunk_range(c, manifest["chunk_size"], manifest["n_samples"])
+    index = arrays["index"]
+    if index.shape != (stop - start,) or not np.array_equal(index, np.arange(start, stop)):
+        raise DatasetError(
+            f"{where}: its index array is not the contiguous samples {start}..{stop - 1} of the manifest "
+            f"(chunk_size {manifest['chunk_size']}, n_samples {manifest['n_samples']})"
+        )
+    if not np.array_equal(arrays["seed"], sample_seeds(manifest["seed"], range(start, stop))):
+        raise DatasetError(
+            f"{where}: its seed array does not follow from the manifest's seed {manifest['seed']} "
+            "(the manifest was edited, or the chunk belongs to another dataset)"
+        )
+    if arrays["n_electrons"].tolist() != list(manifest["n_electrons"]):
+        raise DatasetError(
+            f"{where}: its n_electrons {arrays['n_electrons'].tolist()} differ from the manifest's "
+            f"n_electrons {manifest['n_electrons']}"
+        )
+    config = config_from_manifest(manifest)
+    n, m, g, k = stop - start, len(manifest["n_electrons"]), config.grid, config.orbitals
+    shapes = dict(V=(n, g, g), n0=(n, m, g, g), n_int=(n, m, g, g), energy0=(n, m), energy_int=(n, m),
+                  orbital_energies=(n, k))  # fmt: skip
+    for key, shape in shapes.items():
+        if arrays[key].shape != shape:
+            raise DatasetError(
+                f"{where}: {key} has shape {arrays[key].shape}, not {shape} of the manifest's config "
+                f"(grid {g}, orbitals {k}) and n_electrons {manifest['n_electrons']}"
+            )
+        if not np.issubdtype(arrays[key].dtype, np.floating):
+            raise DatasetError(f"{where}: {key} has dtype {arrays[key].dtype}, not a floating type")
+        bad = ~np.isfinite(arrays[key])
+        if bad.any():
+            sample = int(index[np.argwhere(bad)[0][0]])
+            raise DatasetError(
+                f"{where} holds NaN or infinite values in {key} (first at sample {sample}); run `qdjax generate` "
+                "again with the same arguments in a new folder, or report it"
+            )
+
+
+def _check_manifest(folder: Path, manifest: dict) -> None:
+    """Raise DatasetError, naming the field, unless the manifest is consistent in itself.
+
+    n_samples, chunk_size and seed are integers (positive, positive, non-negative) and
+    n_chunks follows from them; splits are the three `SPLITS`, each [start, stop] with
+    0 <= start <= stop <= n_samples, pairwise disjoint; every chunk entry c < n_chunks covers
+    samples start..stop-1 of chunk c and names a file inside the folder (a plain file name).
+    """
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    n, size = manifest.get("n_samples"), manifest.get("chunk_size")
+    for key, value, low in (("n_samples", n, 1), ("chunk_size", size, 1), ("seed", manifest.get("seed"), 0)):
+        if not integer(value) or value < low:
+            raise DatasetError(f"{folder}: the manifest's {key} is {value!r}, not an integer >= {low}")
+    if manifest.get("n_chunks") != -(-n // size):
+        raise DatasetError(f"{folder}: the manifest's n_chunks {manifest.get('n_chunks')!r} does not follow from "
+                           f"n_samples {n} and chunk_size {size}")  # fmt: skip
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        shown = sorted(splits) if isinstance(splits, dict) else splits
+        raise DatasetError(f"{folder}: the manifest's splits {shown!r} are not the three {SPLITS}")
+    for name in SPLITS:
+        bounds = splits[name]
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(integer(b) for b in bounds)
+                and 0 <= bounds[0] <= bounds[1] <= n):  # fmt: skip
+            raise DatasetError(
+                f"{folder}: the manifest's splits.{name} is {bounds!r}, not [start, stop] with "
+                f"0 <= start <= stop <= n_samples={n}"
+            )
+    ordered = sorted((name for name in SPLITS if splits[name][0] < splits[name][1]), key=lambda name: splits[name])
+    for a, b in zip(ordered, ordered[1:]):
+        if splits[a][1] > splits[b][0]:
+            raise DatasetError(
+                f"{folder}: the manifest's splits {a} {splits[a]} and {b} {splits[b]} overlap; "
+                "samples would be shared between them"
+            )
+    for c, entry in manifest["chunks"].items():
+        if not 0 <= c < manifest["n_chunks"]:
+            raise DatasetError(f"{folder}: the manifest records chunk {c} of {manifest['n_chunks']}")
+        file = entry.get("file")
+        if (not isinstance(file, str) or not file or Path(file).name != file or file in (".", "..")
+                or "\\" in file or file.startswith(".")):  # fmt: skip
+            raise DatasetError(
+                f"{folder}: the manifest's file of chunk {c} is {file!r}, not a file name inside the dataset folder"
+            )
+        start, stop = _chunk_range(c, size, n)
+        if (entry.get("start"), entry.get("stop")) != (start, stop):
+            raise DatasetError(
+                f"{folder}: the manifest's chunk {c} covers samples {entry.get('start')!r}..{entry.get('stop')!r}, "
+                f"not {start}..{stop} (chunk_size {size})"
+            )
 
 
 def merge(path: str | os.PathLike) -> Path:
@@ -680,7 +806,7 @@ def merge(path: str | os.PathLike) -> Path:
             )
     header = {k: v for k, v in manifest.items() if k != "chunks"}
     chunks = {str(c): entry for c, entry in manifest["chunks"].items()}
-    with _lock(folder / f".{_MANIFEST}.lock"):
+    with _writer_lock(folder, _MANIFEST, 1):
         _write_manifest(folder / _MANIFEST, header, chunks, 0, 1)
         for name in _read_manifests(folder):
             if name != _MANIFEST:
@@ -697,7 +823,12 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
       chunk_size, batch_size, splits, n_chunks, chunks_done, complete, manifests (file names),
       bytes (size of the chunk files), stray_files (temporary files of interrupted writes),
       code (the distinct `code_fingerprint` values of the chunks) and, with verify=True,
-      damaged (indices of recorded chunks whose sha256 differs).
+      damaged (indices of recorded chunks that are missing or whose sha256 differs) and
+      problems (one message per other chunk whose arrays disagree with the manifest or hold
+      NaN or inf, `check_chunk`).
+
+    Raises:
+      DatasetError: no manifest, or one that is inconsistent in itself (`read_manifest`).
     """
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -714,7 +845,17 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
         code=sorted({e.get("code", "?") for e in chunks.values()}),
     )
     if verify:
-        info["damaged"] = [c for c, e in chunks.items() if _file_sha256(folder / e["file"]) != e["sha256"]]
+        info["damaged"], info["problems"] = [], []
+        for c, entry in chunks.items():
+            file = folder / entry["file"]
+            raw = _read_bytes(file)
+            if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+                info["damaged"].append(c)
+                continue
+            try:
+                check_chunk(_parse_chunk(c, file, raw), c, manifest, file)
+            except DatasetError as e:
+                info["problems"].append(str(e))
     return info
 
 
@@ -773,6 +914,8 @@ def _check_folder(folder: Path, header: dict) -> None:
             f"{folder} holds a dataset made with other settings ({diffs}); use another folder, "
             "or repeat the original arguments to continue it"
         )
+    for manifest in manifests.values():
+        _check_manifest(folder, dict(manifest, chunks={int(k): v for k, v in manifest.get("chunks", {}).items()}))
 
 
 def _check_empty(folder: Path) -> None:
@@ -853,19 +996,33 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to ``.<name>.tmp``, flush to disk, rename over `path`, sync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to ``.<name>.<random>.tmp``, flush to disk, rename over `path`, sync the folder.
+
+    The random part (48 bits) keeps the temporary files of two writers of the same name apart.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     with contextlib.suppress(OSError):
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -881,25 +1038,67 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _remove_temporaries(folder: Path, names: Iterable[str]) -> None:
+    """Delete the temporary files (``.<name>.tmp``, ``.<name>.<random>.tmp``) of interrupted writes of `names`."""
+    prefixes = tuple(f".{name}." for name in names)
+    for p in folder.iterdir():
+        if p.name.endswith(".tmp") and p.name.startswith(prefixes):
+            _remove(p)
+
+
+def _process_count(manifest_name: str) -> int:
+    """P of a manifest file name: 1 for manifest.json, P for manifest.process-<i>-of-<P>.json."""
+    match = _MANIFEST_RE.match(manifest_name)
+    return int(match[3]) if match and match[1] else 1
+
+
 @contextlib.contextmanager
-def _lock(path: Path):
-    """Exclusive advisory lock on `path` (POSIX flock; released when the process dies)."""
+def _writer_lock(folder: Path, name: str, p_count: int):
+    """Hold the lock of the writer of manifest `name` (one of `p_count` processes) in `folder`.
+
+    Locks are `filelock.FileLock` files ``.<manifest name>.lock`` (an OS lock, released when
+    the holder dies). Refused with DatasetError, before anything is written: a second writer of
+    the same manifest, and any writer while one of another layout (another process count:
+    a plain run and a run with --process-count 2) holds its lock. A short-lived folder lock
+    ``.dataset.lock`` makes that check and the taking of the writer's own lock one step.
+    """
+    import filelock
+
+    def refuse(holder: str) -> DatasetError:
+        count = _process_count(holder)
+        layout = "a single process" if count == 1 else f"--process-count {count}"
+        return DatasetError(
+            f"another process is writing {folder} ({holder}, {layout}; this run: process count {p_count}); "
+            "every writer of a folder must use the same --process-count and its own --process-index: "
+            "wait for it to finish or stop it"
+        )
+
+    guard = filelock.FileLock(folder / ".dataset.lock", timeout=30)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
+        guard.acquire()
+    except filelock.Timeout:
+        raise DatasetError(f"{folder}: .dataset.lock stayed locked for 30 s; is another writer stuck?") from None
+    try:
+        for other in sorted(folder.glob(".manifest*.json.lock")):
+            holder = other.name[1 : -len(".lock")]
+            if holder != name and _MANIFEST_RE.match(holder) and _process_count(holder) != p_count:
+                probe = filelock.FileLock(other, timeout=0)
+                try:
+                    probe.acquire()
+                except filelock.Timeout:
+                    raise refuse(holder) from None
+                probe.release()
+        own = filelock.FileLock(folder / f".{name}.lock", timeout=0)
+        try:
+            own.acquire()
+        except filelock.Timeout:
+            raise refuse(name) from None
+    finally:
+        guard.release()
+    try:
         yield
-        return
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DatasetError(
-                f"another process is writing {path.parent} ({path.name[1:-5]} is locked); wait for it or stop it"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        own.release()
 
 
 # ----------------------------------------------------------------------------- validation

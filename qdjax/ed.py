@@ -140,16 +140,17 @@ class Integrals(NamedTuple):
 def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
     """Raise ValueError naming the problem if the inputs of an ED call are invalid.
 
-    Checks: config type; N an integer in 1..2 K (and K >= N_up); a sector of at most
-    FOCK_MAX_DIMENSION determinants, and of at most FOCK_DENSE_SOLVER_MAX with
-    eigensolver="dense"; V real, of shape
-    (..., grid, grid) with non-empty batch axes, finite (when V is concrete); float64
-    requested while JAX's 64-bit mode is off.
+    Checks: config type; N an integer (Python or NumPy, not bool) in 1..2 K (and K >= N_up);
+    a sector of at most FOCK_MAX_DIMENSION determinants, and of at most FOCK_DENSE_SOLVER_MAX
+    with eigensolver="dense"; V real (an array or nested sequences), of shape (..., grid, grid)
+    with non-empty batch axes, finite and of magnitude at most sqrt(finfo(config.dtype).max) eV
+    (float64: 1.3e154, float32: 1.8e19; products of two energies inside the eigensolvers stay
+    finite) when V is concrete; float64 requested while JAX's 64-bit mode is off.
     """
     if not isinstance(config, EDConfig):
         raise ValueError(f"config must be a qdjax.EDConfig, got {type(config).__name__}")
-    if isinstance(n_electrons, bool) or not isinstance(n_electrons, (int, np.integer)):
-        raise ValueError(f"n_electrons must be a Python integer, got {n_electrons!r}")
+    if isinstance(n_electrons, (bool, np.bool_)) or not isinstance(n_electrons, (int, np.integer)):
+        raise ValueError(f"n_electrons must be an integer, got {n_electrons!r}")
     if not 1 <= n_electrons <= 2 * config.orbitals:
         raise ValueError(
             f"n_electrons must be in 1..{2 * config.orbitals} (2 x orbitals={config.orbitals}), got {n_electrons}"
@@ -169,6 +170,11 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
             f"(FOCK_DENSE_SOLVER_MAX={FOCK_DENSE_SOLVER_MAX}); "
             "use eigensolver='auto' (matrix-free Davidson)"
         )
+    if not hasattr(V, "shape") or not hasattr(V, "dtype"):  # nested sequences, scalars
+        try:
+            V = np.asarray(V)
+        except ValueError as e:  # ragged nesting
+            raise ValueError(f"V must be an array (..., {config.grid}, {config.grid}) in eV: {e}") from None
     shape = np.shape(V)
     if len(shape) < 2 or shape[-2:] != (config.grid, config.grid):
         raise ValueError(
@@ -176,7 +182,7 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
         )
     if 0 in shape:
         raise ValueError(f"V has an empty batch axis: shape {shape}")
-    dtype = np.result_type(V) if not hasattr(V, "dtype") else np.dtype(V.dtype)
+    dtype = np.dtype(V.dtype)
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ValueError(f"V must be real (float or integer) in eV, got dtype {dtype}")
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -185,13 +191,19 @@ def validate(V: ArrayLike, n_electrons, config: EDConfig) -> None:
             "jax.config.update('jax_enable_x64', True) or use EDConfig(dtype='float32')"
         )
     if isinstance(V, jax.core.Tracer):
-        finite = True
-    elif isinstance(V, jax.Array) and any(d.platform != "cpu" for d in V.sharding.device_set):
-        finite = bool(jnp.all(jnp.isfinite(V)))  # on the accelerator: one scalar to the host
+        return
+    if isinstance(V, jax.Array) and any(d.platform != "cpu" for d in V.sharding.device_set):
+        largest = float(jnp.max(jnp.abs(V)))  # on the accelerator: one scalar to the host
     else:
-        finite = bool(np.all(np.isfinite(np.asarray(V))))  # host memory already
-    if not finite:
+        largest = float(np.max(np.abs(np.asarray(V))))  # host memory already
+    if not math.isfinite(largest):
         raise ValueError("V contains NaN or infinite values")
+    limit = math.sqrt(float(np.finfo(config.dtype).max))
+    if largest > limit:
+        raise ValueError(
+            f"V reaches |V| = {largest:.3g} eV; EDConfig(dtype={config.dtype!r}) handles |V| up to "
+            f"{limit:.3g} eV (the square root of the dtype's largest number)"
+        )
 
 
 def integrals(V: ArrayLike, config: EDConfig = EDConfig()) -> Integrals:

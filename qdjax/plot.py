@@ -22,9 +22,12 @@ def _pyplot():
 
 
 def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
-    """Lay out, write as PNG (creating parent folders) and close a figure."""
+    """Lay out, write as PNG (creating parent folders) and close a figure; returns the path
+    written (``.png`` added to a name without a suffix)."""
     fig.tight_layout()
     path = pathlib.Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)

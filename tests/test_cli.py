@@ -186,3 +186,83 @@ def test_bench_times_the_ed_and_agrees_with_a_direct_call(tmp_path, capsys):
 def test_bench_rejects_empty_work(capsys):
     assert cli.main(["bench", "--batch", "0", *TINY_FLAGS]) == 1
     assert "--batch" in one_line_error(capsys, "bench")
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 7:
+# argument errors are one line, before any work
+
+
+def _argv(command, out, data="missing-dataset"):
+    """Arguments of `command` with --out `out`; the other paths do not exist, so that a command
+    that read them before checking --out would fail with another message."""
+    return {
+        "generate": ["generate", "--out", out, "--samples", "4", *TINY_FLAGS],
+        "train": ["train", "--data", data, "--out", out, "--steps", "1"],
+        "evaluate": ["evaluate", "--checkpoint", "missing-checkpoint", "--data", data, "--out", out],
+        "invert": ["invert", "--checkpoint", "missing-checkpoint", "--data", data, "--out", out],
+        "plot": ["plot", "--seed", "1", "--n-electrons", "1", *TINY_FLAGS, "--out", out],
+    }[command]
+
+
+COMMANDS_WITH_OUT = ["generate", "train", "evaluate", "invert", "plot"]
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_OUT)
+@pytest.mark.parametrize("kind", ["empty", "file", "dangling link"])
+def test_a_bad_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command, kind):
+    monkeypatch.chdir(tmp_path)  # `--out ""` wrote into the current folder
+    if kind == "empty":
+        out = ""
+    elif kind == "file":
+        out = str(tmp_path / "taken")
+        (tmp_path / "taken").write_text("a file")
+        if command == "plot":  # plot's --out is a file: one inside a file cannot be made
+            out = str(tmp_path / "taken" / "p.png")
+    else:
+        out = str(tmp_path / "link")
+        (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(_argv(command, out)) == 1
+    assert "--out" in one_line_error(capsys, command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_plot_reports_the_file_it_wrote(tmp_path, capsys):
+    # matplotlib adds .png to a name without a suffix; the message named the name given.
+    assert cli.main(_argv("plot", str(tmp_path / "plots"))) == 0
+    written = tmp_path / "plots.png"
+    assert written.stat().st_size > 1000
+    assert f"wrote {written.resolve()}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--samples", "-1"], "--samples"),
+    (["--samples", "0"], "--samples"),
+    (["--refine", "-1"], "--refine"),
+    (["--refine-steps", "0"], "--refine-steps"),
+])  # fmt: skip
+def test_invert_counts_are_checked_first(tmp_path, capsys, extra, word):
+    assert cli.main(_argv("invert", str(tmp_path / "o")) + extra) == 1
+    assert word in one_line_error(capsys, "invert")
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--steps", "-5"], "--steps"),  # blamed --lr-decay
+    (["--steps", "0"], "--steps"),
+    (["--batch", "0"], "--batch"),
+    (["--eval-every", "0"], "--eval-every"),
+    (["--lr-decay", "-1"], "--lr-decay"),
+])  # fmt: skip
+def test_train_counts_are_checked_first(tmp_path, capsys, extra, word):
+    assert cli.main(_argv("train", str(tmp_path / "o")) + extra) == 1
+    line = one_line_error(capsys, "train")
+    assert line.split("error: ")[1].startswith(word), line
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tiny_dataset, tmp_path, capsys):
+    # tiny_dataset: 12 training samples.
+    argv = _argv("train", str(tmp_path / "o"), data=str(tiny_dataset)) + ["--batch", "13", "--devices", "1"]
+    assert cli.main(argv) == 1
+    line = one_line_error(capsys, "train")
+    assert "--batch 13" in line and "12" in line
+    assert not (tmp_path / "o").exists()

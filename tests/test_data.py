@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import qdjax
+import qdjax.cli
 from qdjax import backend, data, ed, potentials
 from conftest import TINY_FLAGS, xla_flags
 
@@ -226,6 +227,12 @@ def test_the_files_are_plain_numpy(reference):
         assert entry["code"] == data.code_fingerprint()
 
 
+#: Thread-count getters of the OpenBLAS builds that NumPy, SciPy and jaxlib use (the oracle below
+#: asks OpenBLAS itself, independently of threadpoolctl, which `single_threaded_blas` uses).
+OPENBLAS_GETTERS = ("scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                    "openblas_get_num_threads", "openblas_get_num_threads64_")  # fmt: skip
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds OpenBLAS through /proc/self/maps")
 def test_single_threaded_blas_sets_and_restores_the_thread_count():
     import ctypes
@@ -235,14 +242,32 @@ def test_single_threaded_blas_sets_and_restores_the_thread_count():
     jnp.linalg.eigh(jnp.eye(2))  # loads the LAPACK library of JAX's CPU kernels
     with open("/proc/self/maps") as maps:
         paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g, _ in backend._OPENBLAS_THREAD_FUNCTIONS
-               if hasattr(ctypes.CDLL(p), g)]  # fmt: skip
+    getters = [getattr(ctypes.CDLL(p), g) for p in paths for g in OPENBLAS_GETTERS if hasattr(ctypes.CDLL(p), g)]
     if not getters:
         pytest.skip("no OpenBLAS loaded")
     before = [g() for g in getters]
     with data.single_threaded_blas():
         assert [g() for g in getters] == [1] * len(getters)
     assert [g() for g in getters] == before
+
+
+def test_single_threaded_blas_goes_through_threadpoolctl(monkeypatch):
+    # Issue 28, finding 8: the BLAS thread limit is threadpoolctl's (every BLAS it knows:
+    # OpenBLAS, MKL, BLIS), not a scan of /proc/self/maps with ctypes calls.
+    import threadpoolctl
+
+    calls = []
+    limits = threadpoolctl.threadpool_limits
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return limits(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", recording)
+    with data.single_threaded_blas():
+        pass
+    assert calls == [((), dict(limits=1, user_api="blas"))]
+    assert data.single_threaded_blas is backend.single_threaded_blas
 
 
 def test_several_devices_give_the_same_bits(reference, tmp_path):
@@ -299,3 +324,161 @@ def test_invalid_arguments_are_rejected_before_any_work(tmp_path, kwargs, messag
     with pytest.raises(ValueError, match=message):
         data.generate(tmp_path / "x", N_SAMPLES, **dict(KW, **kwargs))
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 4:
+# the manifest is checked against the chunks, and against itself
+
+
+def edit_manifest(folder, change):
+    """Rewrite manifest.json after change(manifest) (a hand edit)."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def rewrite_chunk(folder, c, change):
+    """Replace chunk c by np.savez of its arrays after change(arrays), with the manifest's
+    sha256 updated to the new file (a chunk that passes the checksum)."""
+    import hashlib
+
+    path = folder / f"chunk-{c:05d}.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    edit_manifest(folder, lambda m: m["chunks"][str(c)].update(sha256=digest))
+
+
+def refused_everywhere(folder, field, generate_kwargs=None):
+    """load, describe(verify=True) and generate with the manifest's settings all name `field`."""
+    with pytest.raises(data.DatasetError, match=field):
+        data.load(folder)
+    with pytest.raises(data.DatasetError, match=field):
+        info = data.describe(folder, verify=True)
+        if info["problems"]:
+            raise data.DatasetError("; ".join(info["problems"]))
+    if generate_kwargs is not None:
+        with pytest.raises(data.DatasetError, match=field):
+            data.generate(folder, N_SAMPLES, **dict(KW, **generate_kwargs))
+
+
+def test_an_edited_seed_is_caught_by_the_stored_seeds(copy):
+    edit_manifest(copy, lambda m: m.update(seed=8))
+    # generate with the edited settings used to report "dataset complete"
+    refused_everywhere(copy, "seed", dict(seed=8))
+
+
+def test_an_edited_grid_is_caught_by_the_stored_shapes(copy):
+    edit_manifest(copy, lambda m: m["config"].update(grid=20))
+    refused_everywhere(copy, "grid", dict(config=CFG.replace(grid=20)))
+
+
+def test_edited_electron_numbers_are_caught(copy):
+    edit_manifest(copy, lambda m: m.update(n_electrons=[4, 3, 2, 1]))
+    refused_everywhere(copy, "n_electrons", dict(n_electrons=(4, 3, 2, 1)))
+
+
+@pytest.mark.parametrize("splits, word", [
+    ({"train": [0, 7], "validation": [6, 7], "test": [7, 8]}, "overlap"),  # validation leaks training samples
+    ({"train": [0, 6], "validation": [6, 7], "test": [7, 9]}, "n_samples"),
+    ({"train": [0, 6], "validation": [7, 6], "test": [7, 8]}, "validation"),
+    ({"train": [0, 6], "test": [6, 8]}, "validation"),
+])  # fmt: skip
+def test_splits_must_be_disjoint_ranges_of_the_samples(copy, splits, word):
+    edit_manifest(copy, lambda m: m.update(splits=splits))
+    for split in (None, "train"):
+        with pytest.raises(data.DatasetError, match=f"splits.*{word}"):
+            data.load(copy, split)
+    with pytest.raises(data.DatasetError, match="splits"):
+        data.describe(copy)
+
+
+@pytest.mark.parametrize("file", ["../outside.npz", "/tmp/chunk-00000.npz", "sub/chunk-00000.npz"])
+def test_chunk_files_must_stay_inside_the_folder(copy, file):
+    # Even a file outside with the right checksum is refused: the manifest names files in its folder.
+    outside = copy.parent / "outside.npz"
+    shutil.copy(copy / "chunk-00000.npz", outside)
+    edit_manifest(copy, lambda m: m["chunks"]["0"].update(file=file))
+    with pytest.raises(data.DatasetError, match="file"):
+        data.load(copy)
+    with pytest.raises(data.DatasetError, match="file"):
+        data.describe(copy, verify=True)
+
+
+def test_unverified_load_still_checks_the_indices(copy):
+    rewrite_chunk(copy, 1, lambda a: a.update(index=a["index"][::-1].copy()))
+    with pytest.raises(data.DatasetError, match="index"):
+        data.load(copy, verify=False)
+
+
+def test_an_empty_chunk_is_a_clear_error(copy):
+    (copy / "chunk-00001.npz").write_bytes(b"")
+    for verify in (True, False):
+        with pytest.raises(data.DatasetError, match=r"chunk 1 .*chunk-00001\.npz"):
+            data.load(copy, verify=verify)
+
+
+@pytest.mark.parametrize("key, bad", [("n_int", np.nan), ("V", np.inf), ("energy0", -np.inf)])
+def test_non_finite_values_in_a_chunk_are_reported(copy, key, bad, capsys):
+    def poison(arrays):
+        arrays[key].flat[5] = bad
+
+    rewrite_chunk(copy, 2, poison)  # the checksum matches: only the contents tell
+    with pytest.raises(data.DatasetError, match=f"chunk 2.*NaN or infinite.*{key}"):
+        data.load(copy)
+    with pytest.raises(data.DatasetError, match=f"NaN or infinite.*{key}"):
+        data.load(copy, "test", verify=False)
+    assert data.load(copy, "train").index.tolist() == list(range(6))  # chunks 0 and 1 are clean
+    assert qdjax.cli.main(["info", str(copy), "--verify"]) == 1
+    assert f"NaN or infinite values in {key}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 5:
+# concurrent writers with different layouts
+
+
+@pytest.mark.parametrize("running, starting", [
+    (dict(), dict(process_index=1, process_count=2)),  # the issue's crash: plain run, then a share of two
+    (dict(process_index=0, process_count=2), dict()),
+])  # fmt: skip
+def test_a_writer_of_another_layout_is_refused_while_one_runs(tmp_path, running, starting):
+    # A real `generate` in a subprocess (200 samples of 1, enough to keep it busy); once its manifest
+    # exists it holds its lock, and a writer of the other layout must be refused before writing.
+    folder = tmp_path / "shared"
+    n = 200
+    code = textwrap.dedent(f"""
+        import qdjax
+        from qdjax import data
+        data.generate({str(folder)!r}, {n}, n_electrons={NS}, config=qdjax.EDConfig(grid=16, basis=8, orbitals=4),
+                      seed={SEED}, chunk_size=1, batch_size=1, progress=False, **{running!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(folder.glob("manifest*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        before = sorted(p.name for p in folder.iterdir() if p.name.startswith("manifest"))
+        with pytest.raises(data.DatasetError, match=r"another process is writing .*process.count"):
+            data.generate(folder, n, **dict(KW, chunk_size=1, splits=None, **starting))
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("manifest")) == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+def test_temporary_names_of_two_writes_differ(tmp_path, monkeypatch):
+    # Two writers of the same file (e.g. a chunk) must not share a temporary file.
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(data.os, "replace", lambda src, dst: (renamed.append(Path(src)), replace(src, dst)))
+    target = tmp_path / "chunk-00000.npz"
+    data._atomic_write(target, b"one")
+    data._atomic_write(target, b"two")
+    assert len(renamed) == 2 and renamed[0] != renamed[1]
+    assert all(p.name.startswith(".chunk-00000.npz.") and p.name.endswith(".tmp") for p in renamed)
+    assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["chunk-00000.npz"]

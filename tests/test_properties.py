@@ -82,9 +82,12 @@ def test_no_nan_for_finite_potentials_in_bounds(kind, scale, offset, seed, n):
     length=st.floats(allow_nan=True, allow_infinity=True),
 )
 def test_config_accepts_exactly_the_valid_sizes(grid, basis, orbitals, length):
-    valid = grid >= 1 and basis >= 1 and 1 <= orbitals <= basis**2 and math.isfinite(length) and length > 0
-    if valid:
+    # Box lengths: float64 holds L^2 only within 1e-154..1e154 nm^2 (EDConfig refuses L outside
+    # 1e-77..1e77 nm, and more where 1 / h^2 or the kinetic energy leave that range); nm-scale
+    # boxes (1e-30..1e30 nm here) are always accepted, lengths beyond 1e-78..1e78 nm never.
+    sizes = grid >= 1 and basis >= 1 and 1 <= orbitals <= basis**2
+    if sizes and math.isfinite(length) and 1e-30 <= length <= 1e30:
         qdjax.EDConfig(grid=grid, basis=basis, orbitals=orbitals, length_nm=length)
-    else:
+    elif not sizes or not (math.isfinite(length) and 1e-78 <= length <= 1e78):
         with pytest.raises(ValueError):
             qdjax.EDConfig(grid=grid, basis=basis, orbitals=orbitals, length_nm=length)

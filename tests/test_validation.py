@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import qdjax
-from qdjax import ed
+from qdjax import ed, potentials
 
 GOOD = np.zeros((64, 64))
 
@@ -91,3 +91,66 @@ def test_sectors_too_large_are_refused_before_any_work():
     # ... but not for the dense solver, which would assemble a 33.6 GiB matrix
     with pytest.raises(ValueError, match="67200 determinants.*eigensolver='auto'"):
         ed.validate(GOOD, 5, config.replace(eigensolver="dense"))
+
+
+# ----------------------------------------------------------------------------- issue 28, finding 6
+
+SMALL = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
+
+
+def test_nested_python_list_is_accepted_as_V():
+    # A nested list is an array-like (jax.typing.ArrayLike); it gives the array's result.
+    V = potentials.random_potential(3, SMALL)
+    from_list = ed.ground_state(V.tolist(), 2, SMALL)
+    from_array = ed.ground_state(V, 2, SMALL)
+    np.testing.assert_array_equal(np.asarray(from_list.energy), np.asarray(from_array.energy))
+    with pytest.raises(ValueError, match="shape"):
+        ed.ground_state([[0.0, 1.0], [2.0, 3.0]], 2, SMALL)
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 3e38, 1e20])
+def test_float32_refuses_potentials_beyond_its_range(value):
+    # float32's largest number is 3.4e38 (IEEE 754); 1e39 becomes inf when cast, and 3e38 or
+    # 1e20 eV overflow in the squares of the eigensolvers (energy nan without the check).
+    V = np.full((16, 16), value)
+    with pytest.raises(ValueError, match=r"float32.*eV"):
+        ed.ground_state(V, 1, SMALL.replace(dtype="float32"))
+
+
+def test_float64_range_is_checked_too_and_ordinary_values_pass():
+    with pytest.raises(ValueError, match=r"float64.*eV"):
+        ed.validate(np.full((16, 16), 1e200), 1, SMALL)
+    ed.validate(np.full((16, 16), 1e6), 1, SMALL.replace(dtype="float32"))  # a MeV is fine
+
+
+@pytest.mark.parametrize("value", [1e-300, 1e-150, 1e200])
+def test_box_lengths_beyond_the_dtype_are_a_clear_value_error(value):
+    # 1e-300 nm made hbar^2 pi^2 / (2 m* L^2) overflow (OverflowError); 1e-150 nm divided by zero.
+    with pytest.raises(ValueError, match="length_nm"):
+        qdjax.EDConfig(length_nm=value)
+
+
+def test_float32_box_length_range_is_narrower():
+    qdjax.EDConfig(length_nm=1e-8)  # float64 handles it: the largest kinetic energy is 1e20 eV
+    with pytest.raises(ValueError, match=r"length_nm.*float32"):
+        qdjax.EDConfig(length_nm=1e-8, dtype="float32")
+
+
+@pytest.mark.parametrize("field", ["length_nm", "m_eff", "eps_r", "degeneracy_tol"])
+def test_booleans_are_not_numbers(field):
+    with pytest.raises(ValueError, match=field):
+        qdjax.EDConfig(**{field: True})
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint8, int])
+def test_integer_types_are_accepted_alike_for_sizes_and_n(integer):
+    config = qdjax.EDConfig(grid=integer(16), basis=integer(8), orbitals=integer(4))
+    assert config == SMALL and hash(config) == hash(SMALL)
+    assert all(type(getattr(config, f)) is int for f in ("grid", "basis", "orbitals"))  # JSON-serialisable
+    ed.validate(GOOD[:16, :16], integer(2), config)
+
+
+@pytest.mark.parametrize("field", ["grid", "basis", "orbitals"])
+def test_boolean_sizes_are_refused(field):
+    with pytest.raises(ValueError, match=field):
+        qdjax.EDConfig(**{field: np.True_})
