@@ -381,7 +381,9 @@ def _add_evaluate(subparsers) -> None:
             "Restore a checkpoint written by qdjax train (default: best validation R^2) and score it on a split "
             "of any dataset in the qdjax format: L1, L2, Linf, SSIM, MSSIM and R^2 (training-split mean map of "
             "that dataset) in physical units, and the paper authors' convention; writes metrics.json, "
-            "mapping.png and worst.png into --out."
+            "mapping.png and worst.png into --out. The checkpoint files are verified against their sha256, its "
+            "training data (N, grid, box length, ...) against the dataset, and every image against NaN/inf; a "
+            "score that is not finite ends with status 1."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints)")
@@ -444,7 +446,8 @@ def _add_invert(subparsers) -> None:
             "Run a trained n_int->V generator on the target densities of a dataset split, recompute the densities "
             "of the generated potentials by ED in the same jitted graph, accept those that displace at most 5%% of "
             "the charge, and optionally refine some by gradient descent through the ED. Writes inverse.json, "
-            "inverse.png (paper Fig. 10) and refine.png into --out."
+            "inverse.png (paper Fig. 10) and refine.png into --out. The checkpoint is verified and checked against "
+            "the dataset as by qdjax evaluate; a score that is not finite ends with status 1."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder of an n_int->V run (RUN/checkpoints)")

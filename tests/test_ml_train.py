@@ -449,3 +449,16 @@ def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_good_checkpoint(data,
     with pytest.raises(train.NonFiniteError, match=r"step 1: .*val_r2 = nan.*no checkpoint"):
         train.fit(CFG.replace(learning_rate=1e30), xt, yt, xv, yv, steps=2, eval_every=1, key=0, progress=False,
                   checkpoint_dir=tmp_path / "b")
+
+
+def test_fit_refuses_a_discriminator_larger_than_the_image():
+    # image70 on 16 x 16 images has an empty logit map: its losses were NaN (means of nothing)
+    # from the first step, and the GAN term silently absent.
+    from qdjax.ml import models
+
+    gen = models.GeneratorConfig(image_size=16, filters=(4, 4, 4, 4))
+    cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("image70", (4, 4, 4, 4)))
+    assert models.discriminator_output_size(cfg.discriminator, 16) == 0
+    x = np.zeros((4, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="no logits on 16 x 16"):
+        train.fit(cfg, x, x, x, x, steps=1, key=0, progress=False)

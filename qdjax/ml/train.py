@@ -34,7 +34,7 @@ from jax.typing import ArrayLike
 from qdjax import metrics as qd_metrics
 from qdjax import parallel
 from qdjax.ml.checkpoint import Checkpointer
-from qdjax.ml.models import Pix2PixConfig, UNetGenerator
+from qdjax.ml.models import Pix2PixConfig, UNetGenerator, discriminator_output_size
 from qdjax.ml.state import (
     METRIC_NAMES,
     TrainState,
@@ -556,8 +556,8 @@ def fit(
     last good one.
 
     Raises:
-      ValueError: bad shapes or values; a batch size that is not a multiple of the number
-        of devices; a checkpoint in `checkpoint_dir` that was written for another config,
+      ValueError: bad shapes or values; a discriminator whose logit map is empty on these
+        images; a batch size that is not a multiple of the number of devices; a checkpoint in `checkpoint_dir` that was written for another config,
         key or data set, or whose files do not match their recorded sha256.
       NonFiniteError (a ValueError): a non-finite loss, parameter or metric (see above).
     """
@@ -570,6 +570,11 @@ def fit(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     gcfg = config.generator
     s = gcfg.image_size
+    if discriminator_output_size(config.discriminator, s) < 1:  # its losses would be means of nothing (NaN)
+        raise ValueError(
+            f"the discriminator gives no logits on {s} x {s} images (its patch is larger than the image); "
+            "choose a smaller patch preset (e.g. patch34, patch16 or pixel1)"
+        )
     xt = _prepare_set(train_inputs, gcfg.in_channels, s, "train_inputs")
     yt = _prepare_set(train_targets, gcfg.out_channels, s, "train_targets")
     xv = _prepare_set(val_inputs, gcfg.in_channels, s, "val_inputs")
