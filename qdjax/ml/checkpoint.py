@@ -358,6 +358,7 @@ class Checkpointer:
             "val_r2": r2_json,
             "has_history": bool(hist),
             "metadata": dict(metadata or {}),
+            "checksums": CHECKSUMS,  # a record follows; a step without one had its save interrupted
         }
         tree = {"train": {f: getattr(state, f) for f in _STATE_FIELDS}, "key": key}
         items = {"state": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
@@ -367,6 +368,25 @@ class Checkpointer:
         self._mgr.wait_until_finished()
         if jax.process_index() == 0:
             _write_checksums(pathlib.Path(str(self.directory)) / str(step))
+
+    def discard_interrupted(self) -> int | None:
+        """Deletes the newest step if its save was interrupted after Orbax committed it but before
+        its checksum record was written (a kill at that moment); returns that step, or None.
+
+        Only a step whose meta announces a record is deleted: a checkpoint written before
+        records existed is kept (and refused by `restore` unless ``verify=False``).
+        """
+        step = self._mgr.latest_step()
+        if step is None or (pathlib.Path(str(self.directory)) / str(step) / CHECKSUMS).exists():
+            return None
+        try:
+            announced = _read_meta(self._mgr, step).get("checksums") == CHECKSUMS
+        except ValueError:
+            return None  # unreadable: left for restore to report
+        if not announced:
+            return None
+        self._mgr.delete(step)
+        return step
 
     def restore(self, step: int | str | None = None, *, verify: bool = True) -> Restored:
         """Reads a checkpoint: `step` an int, "latest" / None (default) or "best".

@@ -518,7 +518,8 @@ def fit(
     ``fold_in(step_key, step)``. With `checkpoint_dir`, a checkpoint is written at every
     evaluation (latest and best validation R^2 are kept, see `qdjax.ml.checkpoint`), and a
     later call with the same directory resumes from the latest checkpoint and follows the
-    same trajectory as an uninterrupted run: interrupt at any time and call again.
+    same trajectory as an uninterrupted run: interrupt at any time and call again (a step whose
+    save was cut off before its checksum record was written is discarded and recomputed).
 
     Data parallelism: each step's batch is split over `devices` (default: all of
     ``jax.devices()``) and the state is replicated on them (`make_train_step` with
@@ -598,6 +599,7 @@ def fit(
     state = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, config)
+        ckpt.discard_interrupted()  # a kill between Orbax's commit and the checksum record
         if ckpt.latest_step() is not None:
             restored = ckpt.restore()
             if not np.array_equal(restored.key, key_data):
