@@ -28,7 +28,7 @@ def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
     # examples/inverse_design.py trains an n_int->V generator, checks it by ED and refines one sample.
     example_main("inverse_design")(["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
                                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress",
-                                    "--log-input"])  # fmt: skip
+                                    "--log-input", "--discriminator", "patch16"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "recomputed-density R^2" in printed and "refined 1" in printed
     summary = json.loads((tmp_path / "inv" / "inverse.json").read_text())
