@@ -27,6 +27,7 @@ import pathlib
 import qdjax
 from qdjax import data
 from qdjax.ml import experiment
+from qdjax.ml.models import DISCRIMINATOR_PRESETS
 
 
 def main(argv=None):
@@ -37,6 +38,8 @@ def main(argv=None):
     p.add_argument("--n-electrons", type=int, default=2)
     p.add_argument("--steps", type=int, default=800, help="training steps when no --checkpoint is given")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--discriminator", choices=sorted(DISCRIMINATOR_PRESETS), default="image70",
+                   help="discriminator patch preset (image70 needs images of at least 32 pixels)")  # fmt: skip
     p.add_argument("--refine", type=int, default=4, help="test samples refined by gradients through the ED")
     p.add_argument("--refine-steps", type=int, default=50)
     p.add_argument("--symmetrize", action="store_true", help="average the generator over the 8 symmetries of the square")
@@ -55,7 +58,7 @@ def main(argv=None):
         data.generate(args.data, args.samples, (args.n_electrons,), qdjax.EDConfig(), args.seed, progress=progress)
     config = data.config_from_manifest(data.read_manifest(args.data))
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
-    pix = experiment.pix2pix_config("authors", "image70", args.batch, 2e-4, image_size=config.grid)
+    pix = experiment.pix2pix_config("authors", args.discriminator, args.batch, 2e-4, image_size=config.grid)
     checkpoint = args.checkpoint
     if checkpoint is None:
         run = experiment.run_mapping(splits, "n_int->V", pix, steps=args.steps, out_dir=out / "n_int_to_V",

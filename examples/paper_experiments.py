@@ -62,7 +62,7 @@ EXPERIMENTS = {
 }
 
 
-def run_one(name, spec, splits_by_n, ed_config, out, seed, progress):
+def run_one(name, spec, splits_by_n, ed_config, out, seed, progress, metadata=None):
     splits = splits_by_n[spec["n"]]
     if "train_size" in spec:
         splits = {**splits, "train": {q: a[: spec["train_size"]] for q, a in splits["train"].items()}}
@@ -73,7 +73,7 @@ def run_one(name, spec, splits_by_n, ed_config, out, seed, progress):
     run = experiment.run_mapping(
         splits, spec["mapping"], config, steps=spec["steps"], out_dir=out / name, key=seed,
         eval_every=max(100, spec["steps"] // 10), density_head=spec["density_head"], progress=progress,
-        input_transform=spec.get("input_transform", "linear"), length_nm=ed_config.length_nm,
+        input_transform=spec.get("input_transform", "linear"), length_nm=ed_config.length_nm, metadata=metadata,
     )
     seconds = time.perf_counter() - start
     sym = evaluate.predict_physical(run.state, splits["test"][evaluate.MAPPINGS[spec["mapping"]][0]], run.scalers, True)
@@ -168,7 +168,8 @@ def main(argv=None):
         if spec["n"] not in splits_by_n:
             splits_by_n[spec["n"]] = experiment.splits_from_dataset(args.data, spec["n"])
         print(f"== {name}: {spec}", flush=True)
-        results[name] = run_one(name, spec, splits_by_n, ed_config, out, args.seed, not args.no_progress)
+        metadata = experiment.dataset_metadata(args.data, spec["n"])  # checked by qdjax evaluate / invert
+        results[name] = run_one(name, spec, splits_by_n, ed_config, out, args.seed, not args.no_progress, metadata)
         results_file.write_text(json.dumps(results, indent=2))
         r = results[name]
         print(f"== {name}: R^2 {r['r2']:.5f} (D4-averaged {r['r2_symmetrized']:.5f}), SSIM {r['ssim']:.5f}, "

@@ -377,8 +377,9 @@ def _run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, symmetrize=args.symmetrize, density_head=args.density_head,
         input_transform="log" if args.log_input else "linear",
         progress=not args.no_progress, length_nm=ed_config.length_nm, figures=not args.no_figures,
-        devices=devices, ed_weight=args.ed_weight, ed_config=ed_config, n_electrons=args.n_electrons,
-        ed_loss=args.ed_loss, init_from=args.init_from,
+        devices=devices, metadata=experiment.dataset_metadata(args.data, args.n_electrons),
+        ed_weight=args.ed_weight, ed_config=ed_config, n_electrons=args.n_electrons, ed_loss=args.ed_loss,
+        init_from=args.init_from,
     )
     t = run.summary["test"]
     print(f"qdjax train: {args.mapping} N={args.n_electrons}: best step {run.best_step}, test R^2 {t['r2']:.4f}, "
@@ -393,6 +394,63 @@ def _run_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- evaluate
 
 
+def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """--allow-mismatch and --allow-unverified of evaluate and invert."""
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="use the checkpoint on data with another N, grid, box length, effective mass, eps_r or "
+                        "density mode than it was trained on (refused otherwise), with a warning")  # fmt: skip
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a checkpoint that has no sha256 record of its files (written before qdjax kept "
+                        "one), with a warning; damaged files are refused either way")  # fmt: skip
+
+
+def _warn(args: argparse.Namespace, message: str) -> None:
+    print(f"qdjax {args.command}: warning: {message}", file=sys.stderr)
+
+
+def _load_checked_run(args: argparse.Namespace, n_electrons: int, ed_config: EDConfig, step="best"):
+    """The run of ``--checkpoint``, verified, and checked to fit data of (N, EDConfig).
+
+    Raises ValueError for a damaged checkpoint, or one trained on other physics unless
+    ``--allow-mismatch`` (then a warning); a checkpoint that records no data warns.
+    """
+    from qdjax.ml import experiment
+
+    try:
+        run = experiment.load_run(args.checkpoint, step)
+    except ValueError as e:
+        if not (args.allow_unverified and "no checksum record" in str(e)):
+            raise
+        _warn(args, f"{args.checkpoint} has no checksum record; its files are not verified")
+        run = experiment.load_run(args.checkpoint, step, verify=False)
+    diffs = experiment.dataset_mismatch(run.metadata or {}, n_electrons, ed_config)
+    if diffs is None:
+        _warn(args, f"{args.checkpoint} records no training data settings; N, grid and box length are not checked")
+    elif diffs and not args.allow_mismatch:
+        raise ValueError(f"{args.checkpoint} was trained on other data than {args.data} (N = {n_electrons}): "
+                         f"{'; '.join(diffs)}; pass --allow-mismatch to use it anyway")  # fmt: skip
+    elif diffs:
+        _warn(args, f"using a checkpoint trained on other data: {'; '.join(diffs)}")
+    return run, diffs
+
+
+def _same_dataset(metadata: dict | None, path: str) -> bool | None:
+    """Whether the dataset at `path` is the one the checkpoint was trained on (None: not recorded)."""
+    from qdjax.ml import experiment
+
+    recorded = ((metadata or {}).get("dataset") or {}).get("fingerprint")
+    return None if recorded is None else recorded == experiment.dataset_metadata(path, 0)["dataset"]["fingerprint"]
+
+
+def _check_scores_finite(values: dict, where: str) -> None:
+    """ValueError naming every number of `values` that is not finite."""
+    import math
+
+    bad = [f"{k} = {v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"scores not finite: {', '.join(bad)} (written to {where})")
+
+
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -401,7 +459,9 @@ def _add_evaluate(subparsers) -> None:
             "Restore a checkpoint written by qdjax train (default: best validation R^2) and score it on a split "
             "of any dataset in the qdjax format: L1, L2, Linf, SSIM, MSSIM and R^2 (training-split mean map of "
             "that dataset) in physical units, and the paper authors' convention; writes metrics.json, "
-            "mapping.png and worst.png into --out."
+            "mapping.png and worst.png into --out. The checkpoint files are verified against their sha256, its "
+            "training data (N, grid, box length, ...) against the dataset, and every image against NaN/inf; a "
+            "score that is not finite ends with status 1."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints)")
@@ -411,6 +471,7 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--step", default="best", help="checkpoint step: best (default), latest or a number")
     p.add_argument("--symmetrize", action="store_true", help="predict with the D4-averaged generator")
     p.add_argument("--out", required=True, help="folder for metrics.json and figures")
+    _add_trust_arguments(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -418,31 +479,33 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
     import pathlib
 
-    import numpy as np
-
     from qdjax import data
     from qdjax.ml import evaluate, experiment
 
     check_out(args.out)
     step = int(args.step) if args.step.isdigit() else args.step
-    run = experiment.load_run(args.checkpoint, step)
+    config = data.config_from_manifest(data.read_manifest(args.data))
+    run, diffs = _load_checked_run(args, args.n_electrons, config, step)
     src, dst = evaluate.check_mapping(run.mapping)
     scored = data.load(args.data, args.split, n_electrons=args.n_electrons)
     train_split = data.load(args.data, "train", n_electrons=args.n_electrons)
-    inputs, targets = getattr(scored, src), getattr(scored, dst)
+    inputs = evaluate.check_finite(f"the dataset's {args.split} {src}", getattr(scored, src))
+    targets = evaluate.check_finite(f"the dataset's {args.split} {dst}", getattr(scored, dst))
     if len(inputs) < 2:
         raise ValueError(f"the {args.split} split has {len(inputs)} sample(s); scoring needs at least 2")
-    mean_map = np.asarray(getattr(train_split, dst) if len(train_split.V) else targets).mean(axis=0)
+    reference = getattr(train_split, dst) if len(train_split.V) else targets
+    mean_map = evaluate.check_finite(f"the dataset's train {dst} (the R^2 mean map)", reference).mean(axis=0)
     prediction = evaluate.predict_physical(run.state, inputs, run.scalers, args.symmetrize)
     scores = evaluate.score(prediction, targets, run.scalers.targets, mean_map)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(pathlib.Path(args.checkpoint).resolve()), "step": run.step, "mapping": run.mapping,
                "data": str(pathlib.Path(args.data).resolve()), "split": args.split, "n_electrons": args.n_electrons,
-               "samples": len(inputs), "symmetrize": args.symmetrize, "scores": evaluate.aggregate(scores)}  # fmt: skip
+               "samples": len(inputs), "symmetrize": args.symmetrize, "scores": evaluate.aggregate(scores),
+               "mismatch": diffs, "same_dataset": _same_dataset(run.metadata, args.data)}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    length = data.config_from_manifest(data.read_manifest(args.data)).length_nm
-    experiment.write_image_figures(inputs, targets, prediction, scores, run.mapping, out, length,
+    _check_scores_finite(summary["scores"], out / "metrics.json")
+    experiment.write_image_figures(inputs, targets, prediction, scores, run.mapping, out, config.length_nm,
                                    log_input=run.scalers.inputs.transform == "log")
     a = summary["scores"]
     print(f"qdjax evaluate: {run.mapping} on {args.split} ({len(inputs)} samples): R^2 {a['r2']:.4f}, "
@@ -462,7 +525,8 @@ def _add_invert(subparsers) -> None:
             "Run a trained n_int->V generator on the target densities of a dataset split, recompute the densities "
             "of the generated potentials by ED in the same jitted graph, accept those that displace at most 5%% of "
             "the charge, and optionally refine some by gradient descent through the ED. Writes inverse.json, "
-            "inverse.png (paper Fig. 10) and refine.png into --out."
+            "inverse.png (paper Fig. 10) and refine.png into --out. The checkpoint is verified and checked against "
+            "the dataset as by qdjax evaluate; a score that is not finite ends with status 1."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder of an n_int->V run (RUN/checkpoints)")
@@ -474,6 +538,7 @@ def _add_invert(subparsers) -> None:
     p.add_argument("--symmetrize", action="store_true", help="use the D4-averaged generator")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust_arguments(p)
     p.set_defaults(func=_run_invert)
 
 
@@ -483,10 +548,10 @@ def _run_invert(args: argparse.Namespace) -> int:
 
     check_out(args.out)
     check_counts(args, {"samples": 1, "refine": 0, "refine_steps": 1})
-    run = experiment.load_run(args.checkpoint)
+    config = data.config_from_manifest(data.read_manifest(args.data))
+    run, _ = _load_checked_run(args, args.n_electrons, config)
     if run.mapping != "n_int->V":
         raise ValueError(f"qdjax invert needs an n_int->V checkpoint, {args.checkpoint} holds {run.mapping}")
-    config = data.config_from_manifest(data.read_manifest(args.data))
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     result = experiment.run_inverse(
         run.state, run.scalers, splits, args.n_electrons, config, out_dir=args.out, samples=args.samples,
@@ -494,6 +559,9 @@ def _run_invert(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     g = result.summary["generator"]
+    where = f"{args.out}/inverse.json"
+    _check_scores_finite(g, where)
+    _check_scores_finite(result.summary.get("refinement", {}), where)
     print(f"qdjax invert: {result.summary['samples']} densities: recomputed-density R^2 {g['density_r2']:.4f}, "
           f"potential R^2 {g['potential_r2']:.4f}, accepted {g['accepted']}, {g['seconds_per_sample'] * 1e3:.1f} ms "
           f"per sample")  # fmt: skip

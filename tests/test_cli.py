@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,136 @@ def test_a_batch_larger_than_the_training_split_is_refused(tiny_dataset, tmp_pat
     line = one_line_error(capsys, "train")
     assert "--batch 13" in line and "12" in line
     assert not (tmp_path / "o").exists()
+# ----------------------------------------------------------------------------- trust boundaries (issue 28)
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tiny_dataset, tmp_path_factory):
+    """{"fwd": V->n_int, "inv": n_int->V} checkpoint folders, 2 steps each on the tiny dataset."""
+    root = tmp_path_factory.mktemp("runs")
+    for mapping, folder in (("V->n_int", "fwd"), ("n_int->V", "inv")):
+        argv = ["train", "--data", str(tiny_dataset), "--out", str(root / folder), "--mapping", mapping, "--steps",
+                "2", "--eval-every", "2", "--batch", "2", "--discriminator", "pixel1", "--no-progress", "--no-figures"]
+        assert cli.main(argv) == 0
+    return {k: root / k / "checkpoints" for k in ("fwd", "inv")}
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory):
+    """4 samples of N = 2 and 3 in a 60 nm box (the runs above saw N = 2 in a 30 nm box)."""
+    out = tmp_path_factory.mktemp("other") / "ds"
+    argv = ["generate", "--out", str(out), "--samples", "4", "--splits", "2", "0", "2", "--n-electrons", "2", "3",
+            "--chunk-size", "4", "--length", "60", "--no-progress", *TINY_FLAGS]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_train_that_diverges_exits_non_zero(tiny_dataset, tmp_path, capsys):
+    # lr 1e30 used to end with status 0 and "test R^2 nan".
+    argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--steps", "2", "--eval-every", "1",
+            "--batch", "2", "--lr", "1e30", "--discriminator", "pixel1", "--no-progress", "--no-figures"]
+    assert cli.main(argv) == 1
+    line = one_line_error(capsys, "train")
+    assert re.search(r"training stopped at step \d+: .*(nan|not finite)", line), line
+    assert not (tmp_path / "t" / "metrics.json").exists()
+
+
+def test_checkpoints_record_the_data_they_were_trained_on(trained_runs, tiny_dataset):
+    from qdjax.ml import experiment
+
+    run = experiment.load_run(trained_runs["fwd"])
+    meta = run.metadata
+    assert meta["n_electrons"] == 2 and meta["mapping"] == "V->n_int" and "scalers" in meta
+    assert data.config_from_manifest({"config": meta["ed_config"]}) == data.config_from_manifest(
+        data.read_manifest(tiny_dataset))
+    assert meta["dataset"]["fingerprint"] == experiment.dataset_metadata(tiny_dataset, 2)["dataset"]["fingerprint"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "invert"])
+def test_evaluate_and_invert_refuse_other_n_or_box_unless_allowed(trained_runs, other_dataset, tmp_path, capsys,
+                                                                   command):  # fmt: skip
+    ckpt = trained_runs["fwd" if command == "evaluate" else "inv"]
+    base = [command, "--checkpoint", str(ckpt), "--data", str(other_dataset), "--out", str(tmp_path / "o")]
+    base += ["--split", "train"] if command == "evaluate" else ["--no-progress"]
+    assert cli.main(base + ["--n-electrons", "3"]) == 1
+    line = one_line_error(capsys, command)
+    assert "n_electrons" in line and "length_nm" in line and "--allow-mismatch" in line
+    assert cli.main(base + ["--n-electrons", "2"]) == 1
+    line = one_line_error(capsys, command)
+    assert "length_nm" in line and "n_electrons" not in line
+    assert not (tmp_path / "o").exists()  # refused before any work
+    assert cli.main(base + ["--n-electrons", "3", "--allow-mismatch"]) == 0
+    err = capsys.readouterr().err
+    assert f"qdjax {command}: warning:" in err and "n_electrons" in err
+
+
+def _with_inf_in_train_V(src, dst):
+    """A copy of dataset `src` whose first training potential holds one inf, checksums updated."""
+    import hashlib
+    import io
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(src, dst)
+    manifest_path = dst / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["chunks"]["0"]
+    with np.load(dst / entry["file"]) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["V"][0, 3, 3] = np.inf
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    (dst / entry["file"]).write_bytes(buffer.getvalue())
+    entry["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    return dst
+
+
+def test_evaluate_refuses_non_finite_data(trained_runs, tiny_dataset, tmp_path, capsys):
+    # One inf in a training potential made the mean map infinite and R^2 1.0000 (status 0).
+    bad = _with_inf_in_train_V(tiny_dataset, tmp_path / "bad")
+    argv = ["evaluate", "--checkpoint", str(trained_runs["inv"]), "--data", str(bad), "--out", str(tmp_path / "e")]
+    assert cli.main(argv) == 1
+    assert re.search(r"finite|inf", one_line_error(capsys, "evaluate"))
+
+
+def test_evaluate_and_invert_exit_non_zero_on_non_finite_scores(trained_runs, tiny_dataset, tmp_path, capsys,
+                                                                monkeypatch):  # fmt: skip
+    import numpy as np
+
+    from qdjax.ml import evaluate, experiment
+
+    monkeypatch.setattr(evaluate, "predict_physical", lambda state, x, *a, **k: np.full(np.shape(x), np.nan))
+    argv = ["evaluate", "--checkpoint", str(trained_runs["fwd"]), "--data", str(tiny_dataset), "--out",
+            str(tmp_path / "e")]
+    assert cli.main(argv) == 1
+    assert "not finite" in one_line_error(capsys, "evaluate")
+    assert (tmp_path / "e" / "metrics.json").exists()  # written for inspection
+
+    real = experiment.run_inverse
+
+    def nan_scores(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.summary["generator"]["density_r2"] = float("nan")
+        return result
+
+    monkeypatch.setattr(experiment, "run_inverse", nan_scores)
+    argv = ["invert", "--checkpoint", str(trained_runs["inv"]), "--data", str(tiny_dataset), "--samples", "2",
+            "--out", str(tmp_path / "i"), "--no-progress"]
+    assert cli.main(argv) == 1
+    assert "density_r2" in one_line_error(capsys, "invert")
+
+
+def test_evaluate_refuses_a_damaged_checkpoint(trained_runs, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    ckpt = shutil.copytree(trained_runs["fwd"], tmp_path / "ck")
+    victim = max((p for p in (ckpt / "2" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    victim.write_bytes(bytes(raw))
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")]
+    assert cli.main(argv) == 1
+    line = one_line_error(capsys, "evaluate")
+    assert "damaged" in line and victim.name in line

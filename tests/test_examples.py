@@ -29,7 +29,8 @@ def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
     # then fine-tunes the generator through the ED (--ed-weight) and checks it again.
     example_main("inverse_design")(["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
                                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress",
-                                    "--log-input", "--ed-weight", "100", "--ed-steps", "2"])  # fmt: skip
+                                    "--log-input", "--discriminator", "patch16", "--ed-weight", "100",
+                                    "--ed-steps", "2"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "recomputed-density R^2" in printed and "refined 1" in printed
     assert "after ED-in-the-loop training" in printed
@@ -79,15 +80,15 @@ def test_ed_one_potential_example(tmp_path, capsys):
 
 def test_paper_experiments_list_run_and_table(tiny_dataset, tmp_path, capsys):
     # --list names every experiment; one experiment of 4 steps, added to the table for the test,
-    # runs on the tiny dataset (its grid and box, not the paper's) into results.json, and --table
-    # prints its row.
+    # runs on the tiny dataset (its grid and box, not the paper's; patch16, since image70's patch
+    # is larger than 16 pixels) into results.json, and --table prints its row.
     module = runpy.run_path(str(EXAMPLES / "paper_experiments.py"))
     module["main"](["--list"])
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == list(module["EXPERIMENTS"]) and len(names) == len(set(names))
 
     module["EXPERIMENTS"]["tiny_V_n_int_N2"] = dict(mapping="V->n_int", n=2, batch=2, lr=2e-4, d4=True,
-                                                    density_head=True, steps=4)  # fmt: skip
+                                                    density_head=True, steps=4, discriminator="patch16")  # fmt: skip
     out = tmp_path / "experiments"
     module["main"](["--data", str(tiny_dataset), "--out", str(out), "--only", "tiny_V_n_int_N2", "--no-progress"])
     result = json.loads((out / "results.json").read_text())["tiny_V_n_int_N2"]

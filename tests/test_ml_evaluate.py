@@ -91,3 +91,24 @@ def test_generator_and_ed_in_one_graph():
     result = inverse.check(evaluate.generator_function(state, scalers), target, 2, SMALL_ED)
     np.testing.assert_allclose(result.density, ed.ground_density(result.potential, 2, SMALL_ED), atol=1e-12)
     assert result.accepted.shape == (2,)
+
+
+def test_scores_refuse_non_finite_references():
+    # An inf in the training mean map gave R^2 = 1 - finite / inf = 1 (issue 28).
+    ref = np.random.default_rng(1).random((4, 16, 16))
+    scaler = evaluate.fit_scalers("V->n0", np.zeros((1, 16, 16)), ref).targets
+    mean = ref.mean(axis=0)
+    bad_mean = mean.copy()
+    bad_mean[2, 2] = np.inf
+    with pytest.raises(ValueError, match="train_mean.*not finite"):
+        evaluate.score(ref, ref, scaler, bad_mean)
+    bad_ref = ref.copy()
+    bad_ref[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="ref.*not finite"):
+        evaluate.score(ref, bad_ref, scaler, mean)
+    # A non-finite prediction is a result, not an input error: it gives non-finite scores.
+    assert not np.isfinite(evaluate.score(bad_ref, ref, scaler, mean)["r2"])
+    state = train.init_state(small_pix2pix(), jax.random.key(0))
+    scalers = evaluate.fit_scalers("V->n0", np.zeros((1, 16, 16)), ref)
+    with pytest.raises(ValueError, match="inputs.*not finite"):
+        evaluate.predict_physical(state, np.full((2, 16, 16), np.inf), scalers)

@@ -60,3 +60,26 @@ def test_density_head_predictions_integrate_to_n(splits, tmp_path):
     assert run.test_prediction.min() >= 0
     with pytest.raises(ValueError, match="density_head"):
         experiment.run_mapping(splits, "n_int->V", cfg, steps=2, out_dir=tmp_path / "b", density_head=True)
+
+
+@pytest.mark.parametrize("split, quantity", [("test", "V"), ("validation", "n_int"), ("train", "n_int")])
+def test_non_finite_split_is_refused_before_training(splits, tmp_path, split, quantity):
+    gen = models.GeneratorConfig(image_size=16, filters=(8, 8, 8, 8))
+    cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("pixel1", (8, 8, 8, 8)))
+    bad = {s: dict(q) for s, q in splits.items()}
+    bad[split][quantity] = np.array(bad[split][quantity], copy=True)
+    bad[split][quantity][1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match=rf"{split} {quantity}.*not finite"):
+        experiment.run_mapping(bad, "V->n_int", cfg, steps=1, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dataset_mismatch_names_the_differing_settings():
+    meta = {"n_electrons": 2, "ed_config": {**{k: v for k, v in SMALL_ED.__dict__.items()}}}
+    assert experiment.dataset_mismatch(meta, 2, SMALL_ED) == []
+    other = qdjax.EDConfig(grid=16, basis=8, orbitals=4, length_nm=60.0)
+    diffs = experiment.dataset_mismatch(meta, 3, other)
+    assert len(diffs) == 2 and "n_electrons" in diffs[0] and "length_nm" in diffs[1] and "60" in diffs[1]
+    # a finer basis computes the same physics more accurately: not a mismatch
+    assert experiment.dataset_mismatch(meta, 2, qdjax.EDConfig(grid=16, basis=12, orbitals=6)) == []
+    assert experiment.dataset_mismatch({"mapping": "V->n_int"}, 2, SMALL_ED) is None  # nothing recorded

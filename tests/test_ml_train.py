@@ -6,6 +6,7 @@ Small networks (4-8 filters) keep compilation and the whole file well under a mi
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -357,3 +358,124 @@ def test_checkpoint_written_before_a_field_existed_still_matches(trained, tmp_pa
     del saved["decay_start"], saved["decay_steps"]
     assert checkpoint._config_mismatch(saved, CFG) == []
     assert checkpoint._config_mismatch(saved, CFG.replace(decay_steps=5)) != []
+
+
+# ----------------------------------------------------------------------------- trust boundaries (issue 28)
+
+
+def _largest_file(folder):
+    """The largest file under `folder` (for a checkpoint's state item: the parameter data)."""
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_bit(path, offset_fraction=0.5, bit=0):
+    raw = bytearray(path.read_bytes())
+    raw[int(offset_fraction * (len(raw) - 1))] ^= 1 << bit
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("bit", [0, 3, 7])
+def test_checkpoint_with_a_flipped_bit_is_refused(trained, tmp_path, bit):
+    # Every checkpoint file's sha256 is recorded at save; one flipped bit in the parameter data
+    # (which Orbax itself loads without complaint) is refused by restore and load_state, with
+    # the file named and what to do.
+    _, state, _ = trained
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:
+        ck.save(state, key=jax.random.key(0), val_r2=0.5)
+    assert_trees_equal(checkpoint.load_state(tmp_path).state, state)  # intact: loads
+    victim = _largest_file(tmp_path / "100" / "state")
+    _flip_bit(victim, bit=bit)
+    rel = victim.relative_to(tmp_path / "100").as_posix()
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck, pytest.raises(ValueError, match="sha256") as err:
+        ck.restore()
+    assert rel in str(err.value) and "delete" in str(err.value)
+    with pytest.raises(ValueError, match=rel.replace(".", r"\.")):
+        checkpoint.load_state(tmp_path)
+    # A file removed from the step is named as well.
+    victim.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        checkpoint.load_state(tmp_path)
+
+
+def test_checkpoint_without_checksum_record_needs_verify_false(trained, tmp_path):
+    _, state, _ = trained
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:
+        ck.save(state, key=jax.random.key(0), val_r2=0.5)
+    (tmp_path / "100" / checkpoint.CHECKSUMS).unlink()
+    with pytest.raises(ValueError, match="no checksum record"):
+        checkpoint.load_state(tmp_path)
+    assert_trees_equal(checkpoint.load_state(tmp_path, verify=False).state, state)
+
+
+def test_fit_does_not_resume_from_a_damaged_checkpoint(data, tmp_path):
+    xt, yt, xv, yv = data
+    kw = dict(eval_every=2, key=3, progress=False, checkpoint_dir=tmp_path)
+    train.fit(CFG, xt, yt, xv, yv, steps=2, **kw)
+    _flip_bit(_largest_file(tmp_path / "2" / "state"))
+    with pytest.raises(ValueError, match="damaged"):
+        train.fit(CFG, xt, yt, xv, yv, steps=4, **kw)
+
+
+def test_checkpointer_refuses_a_non_finite_state(trained, tmp_path):
+    _, state, _ = trained
+    bad = state.replace(g_params=jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), state.g_params))
+    with checkpoint.Checkpointer(tmp_path, CFG) as ck:
+        with pytest.raises(ValueError, match="not finite"):
+            ck.save(bad, key=jax.random.key(0), val_r2=0.5)
+        assert ck.all_steps() == []
+
+
+def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    # lr = 1e10: the first Adam step moves every weight by ~1e10 (still finite, checkpointed),
+    # and the second overflows. fit stops with a one-line error naming the step and the term, and
+    # only finite checkpoints stay on disk (resume starts from the last good one).
+    xt, yt, xv, yv = data
+    cfg = CFG.replace(learning_rate=1e10)
+    with pytest.raises(train.NonFiniteError) as err:
+        train.fit(cfg, xt, yt, xv, yv, steps=6, eval_every=1, key=0, progress=False, checkpoint_dir=tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.search(r"step (\d+)", message), message
+    assert any(term in message for term in (*train.METRIC_NAMES, "g_params", "d_params", "val_r2")), message
+    failed = int(re.search(r"step (\d+)", message).group(1))
+    with checkpoint.Checkpointer(tmp_path, cfg) as ck:
+        steps = ck.all_steps()
+        assert steps and max(steps) < failed and f"step {max(steps)}" in message
+        for s in steps:
+            restored = ck.restore(s)
+            assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(restored.state.g_params))
+    assert isinstance(err.value, ValueError)  # the command line reports it as a one-line user error
+    # lr = 1e30: the weights after the first step are finite but the predictions are not.
+    with pytest.raises(train.NonFiniteError, match=r"step 1: .*val_r2 = nan.*no checkpoint"):
+        train.fit(CFG.replace(learning_rate=1e30), xt, yt, xv, yv, steps=2, eval_every=1, key=0, progress=False,
+                  checkpoint_dir=tmp_path / "b")
+
+
+def test_fit_refuses_a_discriminator_larger_than_the_image():
+    # image70 on 16 x 16 images has an empty logit map: its losses were NaN (means of nothing)
+    # from the first step, and the GAN term silently absent.
+    from qdjax.ml import models
+
+    gen = models.GeneratorConfig(image_size=16, filters=(4, 4, 4, 4))
+    cfg = models.Pix2PixConfig(generator=gen, discriminator=models.DiscriminatorConfig.preset("image70", (4, 4, 4, 4)))
+    assert models.discriminator_output_size(cfg.discriminator, 16) == 0
+    x = np.zeros((4, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="no logits on 16 x 16"):
+        train.fit(cfg, x, x, x, x, steps=1, key=0, progress=False)
+
+
+def test_fit_recomputes_a_step_whose_checksum_record_was_cut_off(data, tmp_path):
+    # A kill after Orbax committed step 4 but before its sha256 record was written: the resumed
+    # run discards step 4, recomputes it from step 2 and ends where an uninterrupted run ends.
+    xt, yt, xv, yv = data
+    kw = dict(steps=4, eval_every=2, key=5, progress=False)
+    ref = train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=tmp_path / "ref", **kw)
+    run = tmp_path / "run"
+    train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=run, **kw)
+    (run / "4" / checkpoint.CHECKSUMS).unlink()
+    with pytest.raises(ValueError, match="no checksum record"):
+        checkpoint.load_state(run, "latest")
+    res = train.fit(CFG, xt, yt, xv, yv, checkpoint_dir=run, **kw)
+    assert_trees_equal(res.state, ref.state)
+    assert res.history == ref.history
+    assert_trees_equal(checkpoint.load_state(run, "latest").state, ref.state)  # rewritten, with its record

@@ -7,36 +7,47 @@ Layout (one Orbax step directory per saved step, ``<directory>/<step>/``):
 * ``history`` per-step losses and per-evaluation validation R^2 (numeric arrays);
 * ``meta``    JSON: format tag, the `Pix2PixConfig` as a dict, step, validation R^2 and
               user metadata (e.g. the scalers' dicts);
-* ``metrics`` JSON {"val_r2": ...}, read by the preservation policy.
+* ``metrics`` JSON {"val_r2": ...}, read by the preservation policy;
+* ``sha256.json`` (`CHECKSUMS`) the sha256 of every other file of the step directory, written
+              after Orbax has finished the step.
 
 No pickle is involved: arrays go through Orbax's TensorStore serialisation, the rest is JSON.
 Retention uses Orbax's preservation policies (``orbax.checkpoint.checkpoint_managers``):
 the `keep_latest` newest steps and the `keep_best` steps of highest validation R^2 (the
 stopping criterion of Pantis-Simut et al. 2023, section IV) survive; others are deleted.
 
-Restoring checks the stored configuration against the expected one and raises ValueError
-on any difference, so a checkpoint never loads into a different model.
+Restoring first recomputes every file's sha256 and compares it with the record (the same
+protection as the dataset's chunks, `qdjax.data`): a damaged, truncated or missing file raises
+ValueError naming the file, before Orbax reads anything (Orbax's own format has no checksum,
+so a flipped bit in the parameters would otherwise load without a word). It then checks the
+stored configuration against the expected one and raises ValueError on any difference, so a
+checkpoint never loads into a different model. A state with a NaN or inf is never saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
+import pathlib
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from qdjax.data import _atomic_write, _file_sha256
 from qdjax.ml.models import Pix2PixConfig
 from qdjax.ml.state import METRIC_NAMES, TrainState, init_state
 
-__all__ = ["FORMAT", "Checkpointer", "Restored", "read_config", "load_state"]
+__all__ = ["FORMAT", "CHECKSUMS", "Checkpointer", "Restored", "read_config", "load_state", "verify_step"]
 
 #: Format tag written into every checkpoint's meta item.
 FORMAT = "qdjax.ml.pix2pix/1"
+#: Name of the file, inside each step directory, that records the sha256 of the step's files.
+CHECKSUMS = "sha256.json"
 
 _STATE_FIELDS = ("step", "g_params", "g_stats", "d_params", "d_stats", "g_opt", "d_opt")
 _HISTORY_DTYPES = {
@@ -122,6 +133,64 @@ def _unreadable(directory: Any, step: int | None = None):
         where = f"checkpoint {directory}" + ("" if step is None else f" step {step}")
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ValueError(f"{where} is damaged or unreadable ({type(e).__name__}: {reason})") from e
+
+
+def _step_files(step_dir: pathlib.Path) -> list[str]:
+    """Paths (relative, "/"-separated, sorted) of the regular files of a step, the record excluded."""
+    names = (p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file())
+    return sorted(name for name in names if name != CHECKSUMS)
+
+
+def _write_checksums(step_dir: pathlib.Path) -> None:
+    """Records the sha256 of every file of a finished step in ``<step_dir>/sha256.json``."""
+    files = {name: _file_sha256(step_dir / name) for name in _step_files(step_dir)}
+    record = {"algorithm": "sha256", "files": files}
+    _atomic_write(step_dir / CHECKSUMS, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+def verify_step(directory: str | os.PathLike, step: int) -> None:
+    """Checks every file of checkpoint `step` in `directory` against the sha256 recorded at save.
+
+    Raises:
+      ValueError: the record is missing or unreadable, or a recorded file is missing or its
+        sha256 differs; the message names the step directory and the file and says what to do.
+    """
+    step_dir = pathlib.Path(directory) / str(int(step))
+    remedy = (f"delete {step_dir} (training then resumes from the previous checkpoint) or load another "
+              "step; the data of this step cannot be trusted")  # fmt: skip
+    try:
+        record = json.loads((step_dir / CHECKSUMS).read_text())
+        files = record["files"]
+        if record.get("algorithm") != "sha256" or not isinstance(files, dict):
+            raise ValueError("unknown record")
+    except FileNotFoundError:
+        raise ValueError(
+            f"checkpoint {step_dir} has no checksum record ({CHECKSUMS}): its save was interrupted or it was "
+            f"written by a qdjax without checksums; {remedy}, or load it with verify=False if you trust it"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"the checksum record {step_dir / CHECKSUMS} is damaged or unreadable ({e}); {remedy}"
+        ) from None
+    for name, expected in sorted(files.items()):
+        digest = _file_sha256(step_dir / name)
+        if digest is None:
+            raise ValueError(f"checkpoint {step_dir} is damaged: file {name} is missing or unreadable; {remedy}")
+        if digest != expected:
+            raise ValueError(
+                f"checkpoint {step_dir} is damaged: file {name} has sha256 {digest[:12]}... but "
+                f"{str(expected)[:12]}... was recorded at save; {remedy}"
+            )
+
+
+def _nonfinite_leaves(tree: Any) -> list[str]:
+    """Paths of the floating-point leaves of a pytree that hold a NaN or an inf."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
 
 
 def _read_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
@@ -246,8 +315,13 @@ class Checkpointer:
           history: dict of lists of numbers as built by `fit` (extra names are stored as
             float64).
           metadata: JSON-serialisable dict stored alongside.
+        After Orbax has written the step, the sha256 of each of its files is recorded in
+        ``<directory>/<step>/sha256.json`` (`CHECKSUMS`), which `restore` verifies.
+
         Raises:
-          ValueError: config mismatch, or a checkpoint for this step exists already.
+          ValueError: config mismatch, a checkpoint for this step exists already, or a
+            parameter, batch-norm average or optimiser state holds a NaN or an inf (the
+            message names them; nothing is written).
         """
         if not isinstance(state, TrainState):
             raise ValueError(f"save needs a TrainState, got {type(state)}")
@@ -255,6 +329,10 @@ class Checkpointer:
             raise ValueError("state.config differs from the Checkpointer's config:\n  "
                              + "\n  ".join(_config_mismatch(state.config.to_dict(), self.config)))
         step = int(state.step)
+        bad = _nonfinite_leaves({f: getattr(state, f) for f in _STATE_FIELDS})
+        if bad:
+            raise ValueError(f"refusing to save step {step}: the state is not finite in {', '.join(bad[:4])}"
+                             + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))  # fmt: skip
         if step in self._mgr.all_steps():
             raise ValueError(f"a checkpoint for step {step} exists already in {self.directory}")
         key = jax.numpy.asarray(key) if not isinstance(key, jax.Array) else key
@@ -280,6 +358,7 @@ class Checkpointer:
             "val_r2": r2_json,
             "has_history": bool(hist),
             "metadata": dict(metadata or {}),
+            "checksums": CHECKSUMS,  # a record follows; a step without one had its save interrupted
         }
         tree = {"train": {f: getattr(state, f) for f in _STATE_FIELDS}, "key": key}
         items = {"state": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
@@ -287,15 +366,42 @@ class Checkpointer:
             items["history"] = ocp.args.StandardSave(hist)
         self._mgr.save(step, args=ocp.args.Composite(**items), metrics={"val_r2": r2_json}, force=True)
         self._mgr.wait_until_finished()
+        if jax.process_index() == 0:
+            _write_checksums(pathlib.Path(str(self.directory)) / str(step))
 
-    def restore(self, step: int | str | None = None) -> Restored:
+    def discard_interrupted(self) -> int | None:
+        """Deletes the newest step if its save was interrupted after Orbax committed it but before
+        its checksum record was written (a kill at that moment); returns that step, or None.
+
+        Only a step whose meta announces a record is deleted: a checkpoint written before
+        records existed is kept (and refused by `restore` unless ``verify=False``).
+        """
+        step = self._mgr.latest_step()
+        if step is None or (pathlib.Path(str(self.directory)) / str(step) / CHECKSUMS).exists():
+            return None
+        try:
+            announced = _read_meta(self._mgr, step).get("checksums") == CHECKSUMS
+        except ValueError:
+            return None  # unreadable: left for restore to report
+        if not announced:
+            return None
+        self._mgr.delete(step)
+        return step
+
+    def restore(self, step: int | str | None = None, *, verify: bool = True) -> Restored:
         """Reads a checkpoint: `step` an int, "latest" / None (default) or "best".
 
+        Args:
+          step: which checkpoint.
+          verify: first check every file against the sha256 recorded at save (`verify_step`);
+            False reads a checkpoint without a record (written before qdjax kept one).
         Raises:
-          ValueError: no such checkpoint, or it was written for another configuration
-            (the message lists the differing fields).
+          ValueError: no such checkpoint, a file damaged or missing (named in the message), or
+            it was written for another configuration (the message lists the differing fields).
         """
         s = _resolve_step(self._mgr, step)
+        if verify:
+            verify_step(str(self.directory), s)
         meta = _read_meta(self._mgr, s)
         diff = _config_mismatch(meta.get("config", {}), self.config)
         if diff:
@@ -315,27 +421,37 @@ class Checkpointer:
         self.close()
 
 
-def read_config(directory: str | os.PathLike, step: int | str | None = None) -> Pix2PixConfig:
-    """The `Pix2PixConfig` stored in a checkpoint (`step`: int, "latest"/None or "best")."""
+def read_config(directory: str | os.PathLike, step: int | str | None = None, *, verify: bool = True) -> Pix2PixConfig:
+    """The `Pix2PixConfig` stored in a checkpoint (`step`: int, "latest"/None or "best";
+    `verify`: as for `load_state`)."""
     mgr = _manager(directory, 1, 1, create=False)
     try:
-        return Pix2PixConfig.from_dict(_read_meta(mgr, _resolve_step(mgr, step))["config"])
+        s = _resolve_step(mgr, step)
+        if verify:
+            verify_step(str(mgr.directory), s)
+        return Pix2PixConfig.from_dict(_read_meta(mgr, s)["config"])
     finally:
         mgr.close()
 
 
-def load_state(directory: str | os.PathLike, step: int | str | None = "best") -> Restored:
+def load_state(directory: str | os.PathLike, step: int | str | None = "best", *, verify: bool = True) -> Restored:
     """Restores a checkpoint with the configuration stored in it (for inference / analysis).
 
     Args:
       directory: checkpoint directory.
       step: int, "best" (default: highest validation R^2), "latest" or None (latest).
+      verify: first check every file of the step against the sha256 recorded at save
+        (`verify_step`); False reads a checkpoint without a record.
     Returns:
       `Restored`; ``restored.state`` works with `qdjax.ml.train.predict`.
+    Raises:
+      ValueError: no checkpoint, or a file of it damaged or missing (named in the message).
     """
     mgr = _manager(directory, 1, 1, create=False)
     try:
         s = _resolve_step(mgr, step)
+        if verify:
+            verify_step(str(mgr.directory), s)
         meta = _read_meta(mgr, s)
         return _restore(mgr, s, Pix2PixConfig.from_dict(meta["config"]), meta)
     finally:

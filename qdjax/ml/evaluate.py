@@ -42,6 +42,25 @@ MAPPINGS = {
 KINDS = {"V": "potential", "n0": "density", "n_int": "density"}
 
 
+def check_finite(name: str, images: ArrayLike) -> np.ndarray:
+    """`images` as a NumPy array, after checking that every value is finite.
+
+    Args:
+      name: what the images are, for the message (e.g. "test V").
+      images: array of any shape.
+    Returns:
+      ``np.asarray(images)``.
+    Raises:
+      ValueError: a NaN or inf; the message gives their number and the first index.
+    """
+    arr = np.asarray(images)
+    bad = ~np.isfinite(arr)
+    if np.any(bad):
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} images are not finite: {int(bad.sum())} NaN/inf value(s), the first at index {first}")
+    return arr
+
+
 def check_mapping(mapping: str) -> tuple[str, str]:
     """(input, target) quantity names of a mapping; ValueError for an unknown name."""
     if mapping not in MAPPINGS:
@@ -113,12 +132,18 @@ def score(pred: ArrayLike, ref: ArrayLike, target_scaler: scaling.Scaler, train_
     Returns:
       dict with per-image arrays "l1", "l2", "linf", "ssim", "mssim", "r2_sample",
       "paper_ssim", "paper_mssim" (n,), and set-level floats "r2" (training mean map) and
-      "paper_r2" (8-bit references on [-1, 1], mean map of the scored set).
+      "paper_r2" (8-bit references on [-1, 1], mean map of the scored set). A non-finite
+      prediction gives non-finite scores (the caller decides what that means).
+
+    Raises:
+      ValueError: `ref` or `train_mean` holds a NaN or inf (an infinite mean map would
+        make R^2 = 1 - finite / inf = 1).
     """
     if target_scaler.transform != "linear":
         raise ValueError(f"scores need a linear target scaler, got transform={target_scaler.transform!r}")
     pred = np.asarray(pred, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+    ref = check_finite("ref", np.asarray(ref, dtype=np.float64))
+    train_mean = check_finite("train_mean", np.asarray(train_mean, dtype=np.float64))
     data_range = target_scaler.hi - target_scaler.lo
     out = {k: np.asarray(v) for k, v in metrics.summary(pred, ref, data_range, train_mean).items()}
     out["r2"] = float(out["r2"])
@@ -166,8 +191,12 @@ def predict_physical(state: train.TrainState, inputs: ArrayLike, scalers: Scaler
 
     Returns:
       float64 array (n, grid, grid) in the target unit.
+
+    Raises:
+      ValueError: `inputs` holds a NaN or inf.
     """
-    x = scalers.inputs.to_unit(np.asarray(inputs, dtype=np.float64)).astype(np.float32)
+    inputs = check_finite("inputs", np.asarray(inputs, dtype=np.float64))
+    x = scalers.inputs.to_unit(inputs).astype(np.float32)
     y = train.predict(state, x, symmetrize=symmetrize)
     return scalers.targets.from_unit(np.asarray(y, dtype=np.float64))
 

@@ -18,6 +18,7 @@ scores the test split (standard and paper-convention metrics) and writes the fig
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from typing import Mapping, NamedTuple, Sequence
@@ -65,6 +66,8 @@ def _check_splits(splits: Mapping, src: str, dst: str) -> None:
                 raise ValueError(f"split {split!r} has no {q!r} images")
         if len(splits[split][src]) < 2:
             raise ValueError(f"split {split!r} needs at least 2 samples, got {len(splits[split][src])}")
+        for q in (src, dst):
+            evaluate.check_finite(f"{split} {q}", splits[split][q])
 
 
 def run_mapping(
@@ -85,6 +88,7 @@ def run_mapping(
     progress: bool = True,
     figures: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    metadata: Mapping | None = None,
     ed_weight: float = 0.0,
     ed_config=None,
     n_electrons: int | None = None,
@@ -118,6 +122,9 @@ def run_mapping(
         `qdjax.ml.train.fit`): config.batch_size must be a multiple of their number. With
         several processes every process calls `run_mapping` alike, and process 0 writes
         metrics.json and the figures.
+      metadata: JSON-serialisable facts about the data stored in every checkpoint beside the
+        mapping and the scalers, e.g. `dataset_metadata` (what `qdjax train` stores), which
+        `qdjax evaluate` and `qdjax invert` check against the data they are given.
       ed_weight: weight w of the ED-consistency term (`qdjax.ml.physics`; n_int -> V only):
         the generator is trained through the ED on L_G + w L_ED. With w > 0 the validation
         score that selects the best checkpoint is the R^2 of the ED-recomputed validation
@@ -131,6 +138,10 @@ def run_mapping(
 
     Returns:
       MappingRun.
+
+    Raises:
+      ValueError: an unknown mapping, a missing split or quantity, fewer than 2 samples in
+        a split, or a NaN/inf in any image of the mapping's quantities (before training).
     """
     from qdjax.ml import physics
 
@@ -204,7 +215,7 @@ def run_mapping(
         def on_eval(state):
             return {**plain_eval(state), "ed_r2_test": ed_r2(state, test_in)}
 
-    meta = {"mapping": mapping, "scalers": scalers.to_dict()}
+    meta = {**dict(metadata or {}), "mapping": mapping, "scalers": scalers.to_dict()}
     if start is not None:
         meta["init_from"] = {"checkpoint": str(pathlib.Path(init_from).resolve()), "step": start.step}
     fit = train.fit(
@@ -379,6 +390,9 @@ def run_inverse(
 
     Returns:
       InverseRun.
+
+    Raises:
+      ValueError: not an n_int -> V generator, or a NaN/inf in the test or training images.
     """
     import time
 
@@ -390,10 +404,10 @@ def run_inverse(
     out.mkdir(parents=True, exist_ok=True)
     test = splits["test"]
     count = len(test["n_int"]) if samples is None else min(samples, len(test["n_int"]))
-    target = np.asarray(test["n_int"][:count], np.float64)
-    true_V = np.asarray(test["V"][:count], np.float64)
-    density_mean = np.asarray(splits["train"]["n_int"], np.float64).mean(axis=0)
-    potential_mean = np.asarray(splits["train"]["V"], np.float64).mean(axis=0)
+    target = evaluate.check_finite("test n_int", np.asarray(test["n_int"][:count], np.float64))
+    true_V = evaluate.check_finite("test V", np.asarray(test["V"][:count], np.float64))
+    density_mean = evaluate.check_finite("train n_int", np.asarray(splits["train"]["n_int"], np.float64)).mean(axis=0)
+    potential_mean = evaluate.check_finite("train V", np.asarray(splits["train"]["V"], np.float64)).mean(axis=0)
     proposer = evaluate.generator_function(state, scalers, symmetrize)
     inverse.check(proposer, target[:1], n_electrons, ed_config)  # compile outside the timing
     start = time.perf_counter()
@@ -561,27 +575,99 @@ class LoadedRun(NamedTuple):
     """A trained generator restored from a checkpoint folder written by `run_mapping`.
 
     state: TrainState. scalers: evaluate.Scalers. mapping: mapping name. step: checkpoint step.
+    metadata: dict of everything stored with it (mapping, scalers and, for runs of
+    `qdjax train`, the `dataset_metadata` of the training data), or None.
     """
 
     state: train.TrainState
     scalers: evaluate.Scalers
     mapping: str
     step: int
+    metadata: dict | None = None
 
 
-def load_run(checkpoint_dir: str | pathlib.Path, step: int | str = "best") -> LoadedRun:
+def load_run(checkpoint_dir: str | pathlib.Path, step: int | str = "best", *, verify: bool = True) -> LoadedRun:
     """Restore a `run_mapping` checkpoint (default: the best validation R^2) with its scalers.
 
+    Args:
+      checkpoint_dir: the run's checkpoints/ folder.
+      step: "best", "latest" or a step number.
+      verify: check every file against the sha256 recorded at save
+        (`qdjax.ml.checkpoint.verify_step`); False also loads a checkpoint without a record.
+
     Raises:
-      ValueError: the folder holds no checkpoint, or one without mapping metadata.
+      ValueError: the folder holds no checkpoint, a damaged one, or one without mapping
+        metadata.
     """
     from qdjax.ml import checkpoint
 
     folder = pathlib.Path(checkpoint_dir)
     if not folder.is_dir():
         raise ValueError(f"no checkpoint folder at {folder}")
-    restored = checkpoint.load_state(folder, step)
+    restored = checkpoint.load_state(folder, step, verify=verify)
     meta = restored.metadata
     if "mapping" not in meta or "scalers" not in meta:
         raise ValueError(f"the checkpoint in {folder} has no mapping/scaler metadata (not written by run_mapping)")
-    return LoadedRun(restored.state, evaluate.Scalers.from_dict(meta["scalers"]), meta["mapping"], restored.step)
+    scalers = evaluate.Scalers.from_dict(meta["scalers"])
+    return LoadedRun(restored.state, scalers, meta["mapping"], restored.step, dict(meta))
+
+
+#: EDConfig fields that define the physics of the data (a model trained on one value does not
+#: apply to another); the numerical ones (basis, orbitals, dtype, ...) only set its accuracy.
+PHYSICAL_FIELDS = ("grid", "length_nm", "m_eff", "eps_r", "density_mode")
+
+
+def _dataset_fingerprint(manifest: Mapping) -> str:
+    """sha256 of a dataset's identity: its settings and the sha256 of every chunk, in order."""
+    identity = {k: manifest.get(k) for k in ("config", "n_electrons", "n_samples", "seed", "splits")}
+    identity["chunks"] = [manifest["chunks"][c]["sha256"] for c in sorted(manifest["chunks"])]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dataset_metadata(path: str | pathlib.Path, n_electrons: int) -> dict:
+    """What a checkpoint records about its training data (see `run_mapping`'s `metadata`).
+
+    Args:
+      path: dataset folder (qdjax.data format).
+      n_electrons: the N trained on.
+    Returns:
+      JSON-ready dict: "n_electrons" (int), "ed_config" (the dataset's EDConfig as in its
+      manifest: length_nm in nm, grid, basis, ...; eps_r inf as "inf") and "dataset"
+      ({"path": absolute folder, "fingerprint": sha256 of the dataset's settings and of
+      its chunks' sha256}).
+    """
+    from qdjax import data
+
+    manifest = data.read_manifest(path)
+    return {
+        "n_electrons": int(n_electrons),
+        "ed_config": dict(manifest["config"]),
+        "dataset": {"path": str(pathlib.Path(path).resolve()), "fingerprint": _dataset_fingerprint(manifest)},
+    }
+
+
+def dataset_mismatch(metadata: Mapping, n_electrons: int, ed_config) -> list[str] | None:
+    """How the data a checkpoint was trained on differs from the data it is given.
+
+    Args:
+      metadata: `LoadedRun.metadata` (holding `dataset_metadata` for runs of `qdjax train`).
+      n_electrons: N of the data it is given.
+      ed_config: qdjax.EDConfig of the data it is given.
+    Returns:
+      None if the checkpoint records no N and EDConfig (nothing can be checked); otherwise
+      one line per difference in N or in a `PHYSICAL_FIELDS` field (e.g.
+      "length_nm: trained on 30.0, data 60.0"), empty when they agree.
+    """
+    from qdjax import data
+
+    if "n_electrons" not in metadata or "ed_config" not in metadata:
+        return None
+    trained = data.config_from_manifest({"config": metadata["ed_config"]})
+    diffs = []
+    if int(metadata["n_electrons"]) != int(n_electrons):
+        diffs.append(f"n_electrons: trained on {metadata['n_electrons']}, data {n_electrons}")
+    for name in PHYSICAL_FIELDS:
+        a, b = getattr(trained, name), getattr(ed_config, name)
+        if a != b:
+            diffs.append(f"{name}: trained on {a}, data {b}")
+    return diffs

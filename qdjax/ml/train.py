@@ -39,7 +39,7 @@ from jax.typing import ArrayLike
 from qdjax import metrics as qd_metrics
 from qdjax import parallel
 from qdjax.ml.checkpoint import Checkpointer
-from qdjax.ml.models import Pix2PixConfig, UNetGenerator
+from qdjax.ml.models import Pix2PixConfig, UNetGenerator, discriminator_output_size
 from qdjax.ml.physics import ED_METRIC_NAMES, EDTerm, ed_term_loss
 from qdjax.ml.state import (
     METRIC_NAMES,
@@ -72,6 +72,7 @@ __all__ = [
     "predict",
     "batch_indices",
     "fit",
+    "NonFiniteError",
 ]
 
 _F32 = jnp.float32
@@ -529,6 +530,31 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class NonFiniteError(ValueError):
+    """Training met a NaN or an inf: in a loss, the updated parameters or an evaluation metric.
+
+    The message is one line naming the step, the term and the last good checkpoint.
+    """
+
+
+@jax.jit
+def _all_finite(trees: dict) -> dict:
+    """{name: pytree} -> {name: bool scalar}: whether every leaf of each pytree is finite."""
+    return {
+        name: jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)] or [True]))
+        for name, tree in trees.items()
+    }
+
+
+def _first_nonfinite(values: dict, names: Sequence[str]) -> str | None:
+    """The first of `names` whose value in `values` is a number that is not finite, or None."""
+    for name in names:
+        v = values.get(name)
+        if isinstance(v, (int, float, np.number, np.ndarray)) and np.size(v) == 1 and not np.isfinite(float(v)):
+            return f"{name} = {float(v)}"
+    return None
+
+
 def fit(
     config: Pix2PixConfig,
     train_inputs: ArrayLike,
@@ -556,7 +582,8 @@ def fit(
     ``fold_in(step_key, step)``. With `checkpoint_dir`, a checkpoint is written at every
     evaluation (latest and best validation R^2 are kept, see `qdjax.ml.checkpoint`), and a
     later call with the same directory resumes from the latest checkpoint and follows the
-    same trajectory as an uninterrupted run: interrupt at any time and call again.
+    same trajectory as an uninterrupted run: interrupt at any time and call again (a step whose
+    save was cut off before its checksum record was written is discarded and recomputed).
 
     Data parallelism: each step's batch is split over `devices` (default: all of
     ``jax.devices()``) and the state is replicated on them (`make_train_step` with
@@ -597,10 +624,20 @@ def fit(
       `FitResult` (state, history, best_step). R^2 is `qdjax.metrics.r2` with the per-pixel
       mean map of the validation targets (the set being scored); it is the same on [-1, 1]
       images as in physical units.
+    Non-finite values: after every step the parameters and batch-norm averages are checked
+    for NaN/inf on the device (one flag per network, read with the losses at each evaluation).
+    At an evaluation, the first step whose losses or updated parameters are not finite, or a
+    validation R^2 or `on_eval` number that is not finite, stops training with
+    `NonFiniteError`; that state is not checkpointed, so the newest checkpoint on disk is the
+    last good one.
+
     Raises:
-      ValueError: bad shapes or values; a batch size that is not a multiple of the number
-        of devices; a checkpoint in `checkpoint_dir` that was written for another config,
-        key, data set or ED term; an `init_from` state of another architecture.
+      ValueError: bad shapes or values; a discriminator whose logit map is empty on these
+        images; a batch size that is not a multiple of the number of devices; a checkpoint
+        in `checkpoint_dir` that was written for another config, key, data set or ED term,
+        or whose files do not match their recorded sha256; an `init_from` state of another
+        architecture.
+      NonFiniteError (a ValueError): a non-finite loss, parameter or metric (see above).
     """
     from tqdm.auto import tqdm
 
@@ -611,6 +648,11 @@ def fit(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     gcfg = config.generator
     s = gcfg.image_size
+    if discriminator_output_size(config.discriminator, s) < 1:  # its losses would be means of nothing (NaN)
+        raise ValueError(
+            f"the discriminator gives no logits on {s} x {s} images (its patch is larger than the image); "
+            "choose a smaller patch preset (e.g. patch34, patch16 or pixel1)"
+        )
     xt = _prepare_set(train_inputs, gcfg.in_channels, s, "train_inputs")
     yt = _prepare_set(train_targets, gcfg.out_channels, s, "train_targets")
     xv = _prepare_set(val_inputs, gcfg.in_channels, s, "val_inputs")
@@ -643,6 +685,7 @@ def fit(
     state = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, config)
+        ckpt.discard_interrupted()  # a kill between Orbax's commit and the checksum record
         if ckpt.latest_step() is not None:
             restored = ckpt.restore()
             if not np.array_equal(restored.key, key_data):
@@ -686,18 +729,32 @@ def fit(
     if ed_meta is not None:
         ckpt_meta["ed_term"] = ed_meta
 
-    pending: list[tuple[int, dict]] = []
+    last_good = start if ckpt is not None and start > 0 else None
+
+    def stop(step: int, what: str):
+        kept = (f"the last good checkpoint is step {last_good} in {checkpoint_dir}" if last_good is not None
+                else "no checkpoint was written")  # fmt: skip
+        raise NonFiniteError(f"training stopped at step {step}: {what}; {kept}; a lower learning rate may help")
+
+    pending: list[tuple[int, dict, dict]] = []
     quiet = not progress or jax.process_index() != 0
     bar = tqdm(total=steps, initial=min(start, steps), disable=quiet, desc="pix2pix", unit="step")
     try:
         for step in range(start, steps):
             idx = batch_indices(data_key, step, b, n)
             state, metrics = train_step(state, (place(xt[idx]), place(yt[idx])), jax.random.fold_in(step_key, step))
-            pending.append((step + 1, metrics))
+            finite = _all_finite({f: getattr(state, f) for f in ("g_params", "d_params", "g_stats", "d_stats")})
+            pending.append((step + 1, metrics, finite))
             bar.update(1)
             done = step + 1
             if done % eval_every == 0 or done == steps:
-                for st, m in jax.device_get(pending):
+                for st, m, finite in jax.device_get(pending):
+                    bad = _first_nonfinite(m, metric_names)
+                    if bad is not None:
+                        stop(st, f"the loss term {bad}")
+                    for name, ok in finite.items():
+                        if not ok:
+                            stop(st, f"{name} not finite after the update (a non-finite or overflowing gradient)")
                     history["step"].append(int(st))
                     for name in metric_names:
                         history[name].append(float(m[name]))
@@ -706,16 +763,23 @@ def fit(
                     r2 = _set_r2(predict(state, xv, symmetrize=symmetrize_eval), yv)
                 else:
                     r2 = float(val_score(state))
+                if not np.isfinite(r2):
+                    stop(done, f"the validation metric val_r2 = {r2}")
                 history["val_step"].append(done)
                 history["val_r2"].append(r2)
                 if on_eval is not None:
-                    for name, value in on_eval(state).items():
+                    extra = on_eval(state)
+                    bad = _first_nonfinite(extra, list(extra))
+                    if bad is not None:
+                        stop(done, f"the on_eval metric {bad}")
+                    for name, value in extra.items():
                         history.setdefault(name, []).append(value)
                 bar.set_postfix(
                     g_l1=f"{history['g_l1'][-1]:.4f}", d_loss=f"{history['d_loss'][-1]:.3f}", val_r2=f"{r2:.4f}"
                 )
                 if ckpt is not None:
                     ckpt.save(state, key=key_data, val_r2=r2, history=history, metadata=ckpt_meta)
+                    last_good = done
     finally:
         bar.close()
         if ckpt is not None:
