@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import qdjax
@@ -186,3 +187,19 @@ def test_bench_times_the_ed_and_agrees_with_a_direct_call(tmp_path, capsys):
 def test_bench_rejects_empty_work(capsys):
     assert cli.main(["bench", "--batch", "0", *TINY_FLAGS]) == 1
     assert "--batch" in one_line_error(capsys, "bench")
+
+
+def test_spectrum_command(tmp_path, capsys):
+    # `qdjax spectrum` prints the levels of qdjax.ed.spectrum on the same potential and writes the
+    # figure and the JSON it names.
+    argv = ["spectrum", "--n-electrons", "3", "--states", "4", "--seed", "2", "--out", str(tmp_path / "sp.png"),
+            "--json", str(tmp_path / "sp.json"), *TINY_FLAGS]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    levels = json.loads((tmp_path / "sp.json").read_text())["levels"]
+    config = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
+    sp = qdjax.ed.spectrum(qdjax.potentials.random_potential(2, config), 3, 4, config)
+    np.testing.assert_allclose([lv["energy_eV"] for lv in levels], sp.energies, atol=1e-12)
+    np.testing.assert_allclose([lv["total_spin"] for lv in levels], sp.total_spin, atol=1e-12)
+    assert f"{float(sp.energies[0]):.8f}" in printed and (tmp_path / "sp.png").exists()
+    assert cli.main(["spectrum", "--harmonic", "-1", *TINY_FLAGS]) == 1
