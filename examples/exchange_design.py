@@ -2,17 +2,17 @@
 
 Run: python examples/exchange_design.py [--target-mev 0.1] [--fast] [--out runs/exchange]
 
-Two electrons in a double dot along x, V(x, y) = (1/2) m* w^2 (x'^2 + y'^2)
-+ V_b exp(-x'^2 / (2 w_b^2)) + eps x' / (2 d) (x', y' from the box centre, hbar w = 15 meV,
-w_b = 2.5 nm, d = 7 nm): a parabolic dot split by a gate barrier of height V_b into two wells,
-with a detuning eps, the energy difference across 2 d. The parameters are log(V_b / eV) and
-eps / 10 meV, so that a unit step means as much in either. The singlet-triplet splitting J = E_T - E_S (qdjax.ed.spectrum, N = 2)
-falls roughly exponentially with the barrier. Newton steps on log J with respect to
-(log V_b, eps), the minimum-norm step of the one equation log J = log J_target in two
-unknowns, with the gradient from jax.grad through the ED, tune the barrier and the detuning
-until J is within --tolerance of the target. Prints each step and writes a figure: J against
-the barrier height at the designed detuning, the designed potential, and the singlet and
-triplet densities.
+Two electrons in a double dot along x, V(x, y) = (1/2) m* w^2 (x'^2 + y'^2) + V_b exp(-x'^2 /
+(2 w_b^2)) + eps x' / (2 d) (x', y' from the box centre, hbar w = 15 meV, w_b = 2.5 nm, d = 7
+nm): a parabolic dot split by a gate barrier of height V_b into two wells, with a detuning eps,
+the energy difference across 2 d. The parameters are log(V_b / eV) and eps / 10 meV, so that a
+unit step means as much in either. The singlet-triplet splitting J = E_T - E_S
+(qdjax.ed.spectrum, N = 2) falls roughly exponentially with the barrier. Newton steps on log J
+with respect to (log V_b, eps), the minimum-norm step of the one equation log J = log J_target
+in two unknowns, with the gradient from jax.grad through the ED, tune the barrier and the
+detuning until J is within --tolerance of the target. Prints each step and writes a figure: J
+against the barrier height at the designed detuning, the designed potential, and the singlet
+and triplet densities.
 
 --fast uses a small grid (32 pixels, 12 x 12 sine modes, 4 orbitals); the default the paper's
 grid with 8 orbitals.

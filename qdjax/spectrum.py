@@ -2,17 +2,17 @@
 
 Built on the exact diagonalisation of qdjax.ed (same integrals, Fock sector and solvers):
 
-- `spectrum`: the lowest spin multiplets, each once. The sector (N_up, N_down) =
-  ((N + 1) // 2, N // 2) that the ED solves, S_z = (N mod 2) / 2, holds exactly one member of
-  every multiplet with S >= S_z, and S^2 commutes with H, so its lowest eigenstates are the
-  lowest multiplets, one state each. The lowest R = n_states + `SPECTRUM_GUARD` of them are
-  computed; inside each degenerate group (consecutive energies closer than
-  `EDConfig.degeneracy_tol`) S^2 is diagonalised (`qdjax.fock.apply_spin_squared`), so that every
-  state has a definite S even where levels of different spin coincide (the non-interacting
-  limit). S follows from <S^2> = S(S + 1). States of one group with equal S (a spatially
-  degenerate level, e.g. in a symmetric trap) form a class; energy, density and spin density
-  are averaged over the class, which makes them independent of the vectors an eigensolver
-  returns. Within a group, classes are ordered by S.
+- `spectrum`: the lowest spin multiplets, each once. The sector (N_up, N_down) = ((N + 1) // 2,
+  N // 2) that the ED solves, S_z = (N mod 2) / 2, holds exactly one member of every multiplet
+  with S >= S_z, and S^2 commutes with H, so its lowest eigenstates are the lowest multiplets,
+  one state each. The lowest R = n_states + `SPECTRUM_GUARD` of them are computed (+
+  `SPECTRUM_GUARD_DENSE` with the dense solver); inside each degenerate group (consecutive
+  energies closer than `EDConfig.degeneracy_tol`) S^2 is diagonalised
+  (`qdjax.fock.apply_spin_squared`), so that every state has a definite S even where levels of
+  different spin coincide (the non-interacting limit). S follows from <S^2> = S(S + 1). States
+  of one group with equal S (a spatially degenerate level, e.g. in a symmetric trap) form a
+  class; energy, density and spin density are averaged over the class, which makes them
+  independent of the vectors an eigensolver returns. Within a group, classes are ordered by S.
 - Spin densities of the member with S_z = S, from the S_z = (N mod 2)/2 member by the
   projection theorem (Wigner-Eckart for the vector operator t_pq = (1/2) sum_ab
   a+_pa sigma_ab a_qb): <S S| t_z |S S> = <t . S> / (S + 1), where the scalar <t . S> is the
@@ -50,12 +50,16 @@ from jax.typing import ArrayLike
 from qdjax import backend, basis, ed, fock, linalg
 from qdjax.config import EDConfig
 
-__all__ = ["SPECTRUM_GUARD", "Spectrum", "spectrum", "chemical_potentials", "pair_correlation"]
+__all__ = ["SPECTRUM_GUARD", "SPECTRUM_GUARD_DENSE", "Spectrum", "spectrum", "chemical_potentials",
+           "pair_correlation"]
 
-#: States computed beyond the n_states returned, so that a degenerate class at the boundary
-#: is complete (a class must end before the last computed state, or the instance counts as
-#: not converged).
-SPECTRUM_GUARD = 4
+#: States computed beyond the n_states returned by Davidson, so that a degenerate class at the
+#: boundary is complete (a class must end before the last computed state, or the instance
+#: counts as not converged, and an eager call recomputes it densely). Davidson's cost grows
+#: with the number of roots (docs/benchmarks.md, "Spectrum").
+SPECTRUM_GUARD = 2
+#: The same for the dense solver, which finds every state anyway.
+SPECTRUM_GUARD_DENSE = 8
 
 
 class Spectrum(NamedTuple):
@@ -69,8 +73,8 @@ class Spectrum(NamedTuple):
       [..., 1, :, :] spin down, of the multiplet's member with S_z = S (so up - down integrates
       to 2 S).
     converged: (...,) bool, every solver behind it converged and the last returned class
-      ended inside the computed states (always True for the dense solvers unless a class
-      reaches beyond n_states + SPECTRUM_GUARD states).
+      ended inside the computed states (for the dense solver: unless a class reaches
+      beyond n_states + SPECTRUM_GUARD_DENSE states).
     """
 
     energies: jax.Array
@@ -81,7 +85,11 @@ class Spectrum(NamedTuple):
 
 
 def _roots(config: EDConfig, n_electrons: int, n_states: int) -> int:
-    return min(fock.sector_dimension(config.orbitals, n_electrons), n_states + SPECTRUM_GUARD)
+    """States computed for n_states returned: n_states + the guard of the solver used."""
+    d = fock.sector_dimension(config.orbitals, n_electrons)
+    roots = n_states + SPECTRUM_GUARD
+    iterative = ed._matrix_free(config, n_electrons) or ed._iterative_fock(config, n_electrons, roots)
+    return min(d, roots if iterative else n_states + SPECTRUM_GUARD_DENSE)
 
 
 def _check_states(n_states, config: EDConfig, n_electrons: int) -> int:
