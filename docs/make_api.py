@@ -24,6 +24,7 @@ MODULES = [
     "qdjax.fock",
     "qdjax.linalg",
     "qdjax.ed",
+    "qdjax.spectrum",
     "qdjax.data",
     "qdjax.metrics",
     "qdjax.inverse",

@@ -2,8 +2,8 @@
 
 Commands: ``generate`` (ED training data, `qdjax.data.generate`), ``train`` and ``evaluate``
 (pix2pix, `qdjax.ml.experiment`), ``invert`` (inverse design checked by ED), ``bench`` (ED and
-training throughput), ``plot`` (potentials and densities) and ``info`` (versions, devices,
-default EDConfig, summary of a dataset folder).
+training throughput), ``plot`` (potentials and densities), ``info`` (versions, devices,
+default EDConfig, summary of a dataset folder) and ``spectrum`` (spin-resolved levels).
 
 Adding a command: write ``_add_<name>(subparsers)``, which registers the subparser (with
 ``help=`` and ``description=``) and sets ``func`` to a function ``args -> exit status``, and
@@ -621,6 +621,63 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- spectrum
+
+
+def _add_spectrum(subparsers) -> None:
+    p = subparsers.add_parser(
+        "spectrum",
+        help="spin-resolved many-body spectrum of a potential (levels, total spin, spin densities)",
+        description="The lowest --states spin multiplets of --n-electrons electrons (qdjax.ed.spectrum): "
+        "energies, excitation energies and total spin S, printed as a table, and a figure of the levels "
+        "coloured by S with the up and down densities of each multiplet's S_z = S member. The potential is "
+        "the random potential of --seed, or a harmonic trap with --harmonic HBAR_OMEGA (eV).",
+    )
+    p.add_argument("--n-electrons", type=int, default=2, metavar="N", help="electrons (default: 2)")
+    p.add_argument("--states", type=int, default=6, help="multiplets (default: 6)")
+    p.add_argument("--seed", type=int, default=0, help="random-potential seed (default: 0)")
+    p.add_argument("--harmonic", type=_number, default=None, metavar="HBAR_OMEGA",
+                   help="use a harmonic trap of this hbar omega (eV) at the box centre instead")  # fmt: skip
+    p.add_argument("--out", default=None, help="PNG file to write (default: no figure)")
+    p.add_argument("--json", default=None, help="also write the levels to this JSON file")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_spectrum)
+
+
+def _run_spectrum(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from qdjax import ed, plot, potentials
+
+    config = config_from_args(args)
+    if args.harmonic is not None:
+        if not args.harmonic > 0:
+            raise ValueError(f"--harmonic must be a positive energy in eV, got {args.harmonic}")
+        V, label = potentials.harmonic(config, args.harmonic), f"harmonic trap, hbar omega {args.harmonic} eV"
+    else:
+        V, label = potentials.random_potential(args.seed, config), f"random potential, seed {args.seed}"
+    sp = ed.spectrum(V, args.n_electrons, args.states, config)
+    energies, spins = np.asarray(sp.energies), np.asarray(sp.total_spin)
+    print(f"{label}, N = {args.n_electrons}")
+    print("  i   E (eV)        E - E0 (meV)   S")
+    for i, (e, s) in enumerate(zip(energies, spins)):
+        print(f"{i:3d}   {e:.8f}   {1e3 * (e - energies[0]):12.4f}   {s:.2f}")
+    if not bool(sp.converged):
+        print("warning: a degenerate level reaches beyond the computed states; the last ones may be incomplete")
+    if args.json:
+        levels = [{"energy_eV": float(e), "total_spin": float(s)} for e, s in zip(energies, spins)]
+        with open(args.json, "w") as f:
+            json.dump({"potential": label, "n_electrons": args.n_electrons, "config": dataclasses.asdict(config),
+                       "levels": levels}, f, indent=2, default=str)  # fmt: skip
+    if args.out:
+        path = plot.spectrum_levels(energies, spins, np.asarray(sp.spin_densities), config.length_nm, args.out,
+                                    title=f"{label}, N = {args.n_electrons}")  # fmt: skip
+        print(f"qdjax spectrum: wrote {path.resolve()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 
 
@@ -685,7 +742,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- main
 
 #: Functions registering the subcommands, in the order `qdjax --help` lists them.
-COMMANDS: list[Callable] = [_add_generate, _add_train, _add_evaluate, _add_invert, _add_bench, _add_plot, _add_info]
+COMMANDS: list[Callable] = [_add_generate, _add_train, _add_evaluate, _add_invert, _add_bench, _add_plot, _add_info,
+                           _add_spectrum]
 
 
 def build_parser() -> argparse.ArgumentParser:

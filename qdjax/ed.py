@@ -96,9 +96,9 @@ def _iterative_orbitals(config: EDConfig) -> bool:
     return config.eigensolver != "dense" and single_particle.iterative_supported(config)
 
 
-def _iterative_fock(config: EDConfig, n_electrons: int) -> bool:
+def _iterative_fock(config: EDConfig, n_electrons: int, roots: int = FOCK_ROOTS) -> bool:
     d = fock.sector_dimension(config.orbitals, n_electrons)
-    if config.eigensolver == "dense" or d < 3 * (FOCK_ROOTS + FOCK_GUARD):
+    if config.eigensolver == "dense" or d < 3 * (roots + FOCK_GUARD):
         return False
     return config.eigensolver == "iterative" or d > FOCK_DENSE_MAX
 
@@ -325,35 +325,65 @@ def _many_body(ints: Integrals, eri: jax.Array, n_electrons: int, config: EDConf
 def _many_body_state(h1: jax.Array, eri: jax.Array, n_electrons: int, config: EDConfig):
     """Fock-space stage of one instance: (energy, rdm1, converged), averaged over the ground
     manifold."""
+    states = lowest_states(h1, eri, n_electrons, config)
+    weights = jax.lax.stop_gradient(_ground_manifold(states.energies, config.degeneracy_tol))
+    return jnp.sum(weights * states.energies), states.rdm1(states.vectors, weights), states.converged
+
+
+class LowestStates(NamedTuple):
+    """Lowest many-body states of one instance in the ((N + 1) // 2, N // 2) sector
+    (`lowest_states`).
+
+    energies: (R,) eV, ascending. vectors: (D, R) orthonormal eigenvectors (determinant order
+    of qdjax.fock). converged: bool scalar (see `_lowest_many_body`; True for dense).
+    apply: X (D, m) -> H X, the sector Hamiltonian (assembled or matrix-free).
+    rdm1: (vectors (D, S), weights (S,)) -> (K, K) spin-summed 1-RDM of a mixture.
+    lists: qdjax.fock.ExcitationLists of the sector (for spin operators).
+    """
+
+    energies: jax.Array
+    vectors: jax.Array
+    converged: jax.Array
+    apply: object
+    rdm1: object
+    lists: fock.ExcitationLists
+
+
+def lowest_states(h1: jax.Array, eri: jax.Array, n_electrons: int, config: EDConfig,
+                  roots: int = FOCK_ROOTS) -> LowestStates:
+    """Lowest many-body states of one instance (unbatched integrals h1 (K, K), eri (K, K, K, K)),
+    by the solver `config` selects (module docstring): all D states when solved densely,
+    otherwise the lowest `roots` by Davidson (degeneracy-safe derivatives, qdjax.linalg)."""
     tol = config.degeneracy_tol
+    lists = fock.excitation_lists(config.orbitals, n_electrons)
     if _matrix_free(config, n_electrons):
-        lists = fock.excitation_lists(config.orbitals, n_electrons)
         diagonal = fock.hamiltonian_diagonal(lists, h1, eri)
         restrict = functools.partial(fock.hamiltonian_block, lists, h1, eri)
         apply_h = _SectorApply(config.orbitals, n_electrons)
         operator = fock.sector_operator(lists, h1, eri)
-        w, c, converged = _lowest_many_body(apply_h, operator, diagonal, restrict, FOCK_COARSE_MATRIX_FREE, config)
-        rdm1 = functools.partial(fock.rdm1_from_lists, lists)
+        w, c, converged = _lowest_many_body(apply_h, operator, diagonal, restrict, FOCK_COARSE_MATRIX_FREE, config,
+                                            roots)
+        return LowestStates(w, c, converged, functools.partial(apply_h, operator),
+                            functools.partial(fock.rdm1_from_lists, lists), lists)
+    space = fock.fock_space(config.orbitals, n_electrons)
+    h = fock.hamiltonian(space, h1, eri)
+    if _iterative_fock(config, n_electrons, roots):
+        restrict = functools.partial(_dense_block, h)
+        w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), restrict, FOCK_COARSE, config, roots)
     else:
-        space = fock.fock_space(config.orbitals, n_electrons)
-        h = fock.hamiltonian(space, h1, eri)
-        if _iterative_fock(config, n_electrons):
-            restrict = functools.partial(_dense_block, h)
-            w, c, converged = _lowest_many_body(_dense_apply, h, jnp.diagonal(h), restrict, FOCK_COARSE, config)
-        else:
-            w, c = linalg.eigh_lowest(h, space.dimension, tol, backend.per_instance_kernels(config.batching))
-            converged = jnp.bool_(True)
-        rdm1 = functools.partial(fock.rdm1, space)
-    weights = jax.lax.stop_gradient(_ground_manifold(w, tol))
-    return jnp.sum(weights * w), rdm1(c, weights), converged
+        w, c = linalg.eigh_lowest(h, space.dimension, tol, backend.per_instance_kernels(config.batching))
+        converged = jnp.bool_(True)
+    return LowestStates(w, c, converged, functools.partial(_dense_apply, h), functools.partial(fock.rdm1, space),
+                        lists)
 
 
-def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: int, config: EDConfig):
-    """Lowest FOCK_ROOTS many-body states by Davidson: apply_h(params, X) = H X, diagonal (D,)
+def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: int, config: EDConfig,
+                      roots: int = FOCK_ROOTS):
+    """Lowest `roots` many-body states by Davidson: apply_h(params, X) = H X, diagonal (D,)
     the diagonal of H (the assembled matrix and `_dense_apply`, or `_SectorApply`),
     restrict(indices (s,)) -> (s, s) H restricted to those determinants."""
     d = diagonal.shape[-1]
-    block = FOCK_ROOTS + FOCK_GUARD
+    block = roots + FOCK_GUARD
     diagonal = jax.lax.stop_gradient(diagonal)
     coarse = jnp.argsort(diagonal)[: max(min(n_coarse, d), block + 1)]
     sequential = backend.per_instance_kernels(config.batching)
@@ -363,10 +393,10 @@ def _lowest_many_body(apply_h, params, diagonal: jax.Array, restrict, n_coarse: 
         params,
         pre,
         x0,
-        FOCK_ROOTS,
+        roots,
         FOCK_RESIDUAL_TOL_EV[config.dtype],
         FOCK_MAX_ITERATIONS,
-        FOCK_MAX_SPACE,
+        max(FOCK_MAX_SPACE, block + 2 * roots),
         config.degeneracy_tol,
         FOCK_SOLVE_TOL[config.dtype],
         FOCK_SOLVE_MAX_ITERATIONS,
@@ -455,7 +485,17 @@ def _ground_states_batched(V, n_electrons: tuple[int, ...], config: EDConfig, wi
 
 def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interacting: bool):
     """_ground_states_batched, with the dense solvers redoing unconverged instances (eager)."""
-    out, converged = _ground_states_batched(V, ns, config, with_non_interacting, _batch_mesh(V))
+    return solve_with_fallback(
+        lambda v, cfg, mesh: _ground_states_batched(v, ns, cfg, with_non_interacting, mesh), V, ns, config
+    )
+
+
+def solve_with_fallback(batched, V: jax.Array, ns: tuple[int, ...], config: EDConfig):
+    """batched(V, config, mesh) -> (out, converged (batch...)), with the instances that did not
+    converge redone by batched(V[bad], config with eigensolver="dense", mesh) when V is
+    concrete (module docstring); `ns` are the electron numbers solved (for the size check of the
+    dense fallback). Returns out."""
+    out, converged = batched(V, config, _batch_mesh(V))
     if isinstance(converged, jax.core.Tracer) or config.eigensolver == "dense":
         return out
     # Only the flags (one byte per instance) come to the host; the results stay where they are.
@@ -468,14 +508,14 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
             f"above FOCK_DENSE_SOLVER_MAX={FOCK_DENSE_SOLVER_MAX} determinants has no dense fallback, so these "
             "results are returned unconverged",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return out
     warnings.warn(
         f"iterative eigensolver did not converge for {bad.size} of {converged.size} potentials; "
         "recomputed with eigensolver='dense'",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     batch = V.shape[:-2]
     flat_v = V.reshape((-1,) + V.shape[-2:])
@@ -483,8 +523,7 @@ def _solve(V: jax.Array, ns: tuple[int, ...], config: EDConfig, with_non_interac
     # replicated, and a replicated batch would be solved once on every device)
     device = min(V.sharding.device_set, key=lambda d: d.id)
     redo_v = jax.device_put(flat_v[bad], device)
-    redo, _ = _ground_states_batched(redo_v, ns, config.replace(eigensolver="dense"), with_non_interacting,
-                                     _batch_mesh(redo_v))
+    redo, _ = batched(redo_v, config.replace(eigensolver="dense"), _batch_mesh(redo_v))
     redo = jax.device_get(redo)
 
     def merge(a, r):
@@ -568,3 +607,16 @@ def ground_density(V: ArrayLike, n_electrons: int, config: EDConfig = EDConfig()
       array (..., grid, grid), nm^-2; sum over a map times h^2 equals N.
     """
     return ground_state(V, n_electrons, config).density
+
+
+#: Names of qdjax.spectrum that this module re-exports (qdjax.spectrum builds on this module, so
+#: they are imported on first use).
+SPECTRUM_NAMES = ("Spectrum", "spectrum", "chemical_potentials", "pair_correlation")
+
+
+def __getattr__(name: str):
+    if name in SPECTRUM_NAMES:
+        from qdjax import spectrum as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

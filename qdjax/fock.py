@@ -577,3 +577,106 @@ def rdm1_from_lists(lists: ExcitationLists, vectors: ArrayLike, weights: ArrayLi
         rows = jnp.arange(m.shape[0])[:, None]
         gamma = gamma.at[links.link].add(links.sign * m[rows, links.source])
     return gamma.reshape(k, k)
+
+
+# ----------------------------------------------------------------------------- spin
+
+
+def _excite_all(links: _Links, c: jax.Array, orbitals: int) -> jax.Array:
+    """E^sigma_x c for every x = p K + q, spin sigma along the first axis of c (n_strings, m):
+    (K*K, n_strings, m). Each target string is reached by each x from one source at most."""
+    rows = jnp.broadcast_to(jnp.arange(c.shape[0])[:, None], links.link.shape)
+    out = jnp.zeros((orbitals * orbitals,) + c.shape, c.dtype)
+    return out.at[links.link, rows].add(_excite_rows(links, c))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def excitation_vectors(lists: ExcitationLists, vector: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """The one-spin excitations of one state, E^up_x |c> and E^down_x |c> for every
+    x = p K + q, from the sparse tables.
+
+    Every spin-resolved one- and two-body quantity of real states follows from them by inner
+    products: <E^sigma_pq> = <c| E^sigma_pq c>, and
+    <E^sigma_pq E^tau_rs> = <E^sigma_qp c| E^tau_rs c> (E_pq^T = E_qp).
+
+    Args:
+      lists: tables from `excitation_lists`.
+      vector: (d,) one state in the determinant order of `hamiltonian`.
+
+    Returns:
+      (phi_up, phi_down), each (K*K, n_up_strings, n_down_strings), dtype of the vector.
+    """
+    vector = jnp.asarray(vector)
+    n_up, n_down = lists.strings
+    k = lists.orbitals
+    c = vector.reshape(n_up, n_down)
+    up, down = _links(lists, c.dtype)
+    return _excite_all(up, c, k), jnp.swapaxes(_excite_all(down, c.T, k), 1, 2)
+
+
+def _transposed_pairs(orbitals: int) -> np.ndarray:
+    """For every x = p K + q the index q K + p, (K*K,) int32."""
+    x = np.arange(orbitals * orbitals)
+    return ((x % orbitals) * orbitals + x // orbitals).astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply_spin_squared(lists: ExcitationLists, x: ArrayLike) -> jax.Array:
+    """S^2 x, the total spin squared on the sector, without assembling it.
+
+    S^2 = S_- S_+ + S_z (S_z + 1) with S_z = (N_up - N_down) / 2 on the sector and
+    S_- S_+ = N_down - sum_pq E^down_pq E^up_qp (anticommutation of a_p,up and a+_q,up):
+    the up excitations of each column (`excitation_vectors`), then the down de-excitation
+    of each, gathered over the down lists. Independent of the integrals.
+
+    Args:
+      lists: tables from `excitation_lists`.
+      x: (d, m) vectors as columns.
+
+    Returns:
+      (d, m), S^2 x (dimensionless).
+    """
+    x = jnp.asarray(x)
+    n_up, n_down = lists.strings
+    k = lists.orbitals
+    up, down = _links(lists, x.dtype)
+    sz = 0.5 * (lists.n_up - lists.n_down)
+    diagonal = lists.n_down + sz * (sz + 1.0)
+    transposed_link = jnp.asarray(_transposed_pairs(k))[down.link]  # (n_down, L_down)
+
+    def one(column):
+        c = column.reshape(n_up, n_down)
+        phi_up = _excite_all(up, c, k)  # (K*K, n_up, n_down)
+        # sum_x E^down_{x^T} phi_up[x]: [I, J] = sum_l sign[J, l] phi_up[x^T(J, l), I, source[J, l]]
+        gathered = phi_up[transposed_link, :, down.source]  # (n_down, L_down, n_up)
+        flip = jnp.einsum("jl,jli->ij", down.sign, gathered)
+        return (diagonal * c - flip).reshape(-1)
+
+    return jax.lax.map(one, x.T).T
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def spin_rdm1(lists: ExcitationLists, vector: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Spin-resolved one-body quantities of one real state.
+
+    gamma^sigma_pq = <c| E^sigma_pq |c> and the spin-flip correlation
+    F_pq = sum_r <c| E^up_pr E^down_rq |c>, from which the spin density of any member of the
+    state's multiplet follows (qdjax.spectrum).
+
+    Args:
+      lists: tables from `excitation_lists`.
+      vector: (d,) one normalised state.
+
+    Returns:
+      (gamma_up, gamma_down, flip), each (K, K).
+    """
+    vector = jnp.asarray(vector)
+    k = lists.orbitals
+    n_up, n_down = lists.strings
+    c = vector.reshape(n_up, n_down)
+    phi_up, phi_down = excitation_vectors(lists, vector)
+    gamma_up = jnp.einsum("xab,ab->x", phi_up, c).reshape(k, k)
+    gamma_down = jnp.einsum("xab,ab->x", phi_down, c).reshape(k, k)
+    # <E^up_pr E^down_rq> = <E^up_rp c | E^down_rq c>
+    flip = jnp.einsum("rpab,rqab->pq", phi_up.reshape(k, k, n_up, n_down), phi_down.reshape(k, k, n_up, n_down))
+    return gamma_up, gamma_down, flip

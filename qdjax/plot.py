@@ -130,3 +130,74 @@ def curves(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def spectrum_levels(
+    energies: np.ndarray,
+    total_spin: np.ndarray,
+    spin_densities: np.ndarray,
+    length_nm: float,
+    path: str | pathlib.Path,
+    title: str | None = None,
+) -> pathlib.Path:
+    """Levels coloured by total spin S, and the up and down densities of each level's S_z = S
+    member (one column per level), saved as PNG.
+
+    Args:
+      energies: (n,) eV, ascending (`qdjax.ed.spectrum`).
+      total_spin: (n,) S.
+      spin_densities: (n, 2, grid, grid) nm^-2, up and down.
+      length_nm: box side L, nm.
+      path: output file (.png).
+      title: optional figure title.
+    """
+    plt = _pyplot()
+    n = len(energies)
+    fig, axes = plt.subplots(2, n + 1, figsize=(2.9 * (n + 1), 5.6), squeeze=False)
+    ax = axes[0, 0]
+    excitation = 1e3 * (np.asarray(energies) - energies[0])
+    spins = np.asarray(total_spin)
+    colours = plt.get_cmap("viridis")(np.clip(spins / max(1.0, spins.max()), 0.0, 1.0))
+    for i, (e, s) in enumerate(zip(excitation, spins)):
+        ax.hlines(e, 0.0, 1.0, colors=[colours[i]], lw=2.0)
+        ax.text(1.05, e, f"{i}: S={s:.1f}", fontsize=7, va="center")
+    ax.set_xlim(0.0, 1.6)
+    ax.set_xticks([])
+    ax.set_ylabel("E - E$_0$ (meV)", fontsize=8)
+    ax.set_title("levels (colour: S)", fontsize=9)
+    axes[1, 0].axis("off")
+    for i in range(n):
+        for row, label in enumerate(("up", "down")):
+            show_map(axes[row, i + 1], spin_densities[i][row], length_nm, f"{i}: S={spins[i]:.1f}, n_{label}",
+                     "nm$^{-2}$")  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def exchange_design(
+    barriers_mev: np.ndarray,
+    j_mev: np.ndarray,
+    barrier_mev: float,
+    j_design_mev: float,
+    V: np.ndarray,
+    singlet: np.ndarray,
+    triplet: np.ndarray,
+    length_nm: float,
+    path: str | pathlib.Path,
+) -> pathlib.Path:
+    """J against the barrier height (log scale) with the designed point, the designed potential
+    and its singlet and triplet densities, saved as PNG (examples/exchange_design.py)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(13.0, 3.0), squeeze=False)
+    ax = axes[0, 0]
+    ax.semilogy(barriers_mev, j_mev, "o-", lw=1.2, ms=3)
+    ax.semilogy([barrier_mev], [j_design_mev], "r*", ms=10, label=f"design: J = {j_design_mev:.4f} meV")
+    ax.set_xlabel("barrier height V$_b$ (meV)", fontsize=8)
+    ax.set_ylabel("J = E$_T$ - E$_S$ (meV)", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    show_map(axes[0, 1], V, length_nm, "designed potential", "eV", cmap="cividis")
+    show_map(axes[0, 2], singlet, length_nm, "singlet density", "nm$^{-2}$")
+    show_map(axes[0, 3], triplet, length_nm, "triplet density", "nm$^{-2}$")
+    return _save(fig, path)

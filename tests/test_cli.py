@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import qdjax
@@ -400,3 +401,17 @@ def test_evaluate_refuses_a_damaged_checkpoint(trained_runs, tiny_dataset, tmp_p
     assert cli.main(argv) == 1
     line = one_line_error(capsys, "evaluate")
     assert "damaged" in line and victim.name in line
+def test_spectrum_command(tmp_path, capsys):
+    # `qdjax spectrum` prints the levels of qdjax.ed.spectrum on the same potential and writes the
+    # figure and the JSON it names.
+    argv = ["spectrum", "--n-electrons", "3", "--states", "4", "--seed", "2", "--out", str(tmp_path / "sp.png"),
+            "--json", str(tmp_path / "sp.json"), *TINY_FLAGS]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    levels = json.loads((tmp_path / "sp.json").read_text())["levels"]
+    config = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
+    sp = qdjax.ed.spectrum(qdjax.potentials.random_potential(2, config), 3, 4, config)
+    np.testing.assert_allclose([lv["energy_eV"] for lv in levels], sp.energies, atol=1e-12)
+    np.testing.assert_allclose([lv["total_spin"] for lv in levels], sp.total_spin, atol=1e-12)
+    assert f"{float(sp.energies[0]):.8f}" in printed and (tmp_path / "sp.png").exists()
+    assert cli.main(["spectrum", "--harmonic", "-1", *TINY_FLAGS]) == 1
