@@ -139,6 +139,16 @@ def full_precision(dtype):
     return jax.default_matmul_precision("highest")
 
 
+def host_blas_single_threaded():
+    """Context: the BLAS libraries loaded in the process (NumPy's, SciPy's, jaxlib's) on one
+    thread, restored after (threadpoolctl). Host-side tables built once per configuration
+    (e.g. `qdjax.coulomb.factored_tables`) are made under it, so that their bits do not depend
+    on the thread count at the moment they are first built."""
+    import threadpoolctl
+
+    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Run a block with every loaded BLAS (OpenBLAS, MKL, BLIS) on one thread; the thread
@@ -152,9 +162,7 @@ def single_threaded_blas():
     starts; JAX's CPU LAPACK is loaded first. Libraries threadpoolctl does not know run
     unchanged.
     """
-    import threadpoolctl
-
     cpu = jax.devices("cpu")[0]
     jax.block_until_ready(jax.numpy.linalg.eigh(jax.device_put(np.eye(2), cpu)))  # loads CPU LAPACK
-    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+    with host_blas_single_threaded():
         yield

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from qdjax import units
+from qdjax import backend, units
 from qdjax.config import EDConfig
 
 _QUADRATURE_NODES = 2048
@@ -119,6 +119,12 @@ def factored_tables(length_nm: float, grid: int) -> tuple[np.ndarray, np.ndarray
       L: float64 (2 (grid + 1) * 2, h, h), nm: lower Cholesky factors, one per (x parity,
         x row, y parity), of the y blocks (1/4) E^T G_k E, E the unfold of that y parity.
     """
+    with backend.host_blas_single_threaded():  # bits independent of the BLAS thread count
+        return _factored_tables(length_nm, grid)
+
+
+def _factored_tables(length_nm: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """`factored_tables`, computed."""
     g = grid
     m = 2 * g
     h = (g + 1) // 2
