@@ -180,14 +180,18 @@ def _spectrum_single(V: jax.Array, n_electrons: int, n_states: int, config: EDCo
     )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _spectrum_batched(V, n_electrons: int, n_states: int, config: EDConfig, mesh=None):
+def _over_batch(fn, V, config: EDConfig, mesh):
+    """fn of one (grid, grid) potential mapped over the leading axes of V (`ed.map_batch`)."""
     batch = V.shape[:-2]
     flat = V.reshape((-1,) + V.shape[-2:])
     with backend.full_precision(V.dtype):
-        out = ed.map_batch(lambda v: _spectrum_single(v, n_electrons, n_states, config), flat,
-                           backend.sequential(config.batching), mesh)
-    out = jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+        out = ed.map_batch(fn, flat, backend.sequential(config.batching), mesh)
+    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _spectrum_batched(V, n_electrons: int, n_states: int, config: EDConfig, mesh=None):
+    out = _over_batch(lambda v: _spectrum_single(v, n_electrons, n_states, config), V, config, mesh)
     return out, out.converged
 
 
@@ -295,12 +299,7 @@ def _pair_single(V, r0, n_electrons: int, config: EDConfig):
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _pair_batched(V, r0, n_electrons: int, config: EDConfig, mesh=None):
-    batch = V.shape[:-2]
-    flat = V.reshape((-1,) + V.shape[-2:])
-    with backend.full_precision(V.dtype):
-        out = ed.map_batch(lambda v: _pair_single(v, r0, n_electrons, config), flat,
-                           backend.sequential(config.batching), mesh)
-    out = jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), out)
+    out = _over_batch(lambda v: _pair_single(v, r0, n_electrons, config), V, config, mesh)
     return out, out[1]
 
 
