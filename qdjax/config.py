@@ -143,6 +143,15 @@ class EDConfig:
         """hbar^2 / (2 m*) in eV nm^2."""
         return units.kinetic_prefactor(self.m_eff)
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (eps_r = math.inf written as "inf"); `from_dict` inverts it."""
+        return {k: ("inf" if v == math.inf else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "EDConfig":
+        """Inverse of `to_dict` (fields left out take their defaults)."""
+        return cls(**{k: (math.inf if v == "inf" else v) for k, v in fields.items()})
+
     def replace(self, **changes) -> "EDConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -38,7 +38,6 @@ chunks and records it in its own manifest; `load` merges them (`merge` writes on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import io
@@ -557,9 +556,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 def config_from_manifest(manifest: dict) -> EDConfig:
     """EDConfig stored in a manifest (see `read_manifest`)."""
-    fields = {k: (math.inf if v == "inf" else v) for k, v in manifest["config"].items()}
     try:
-        return EDConfig(**fields)
+        return EDConfig.from_dict(manifest["config"])
     except TypeError as e:  # a field this version of EDConfig does not have
         raise DatasetError(f"the manifest's config does not fit this qdjax's EDConfig: {e}") from None
 
@@ -871,8 +869,7 @@ def _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes) ->
         "format_version": FORMAT_VERSION,
         "qdjax_version": __version__,
         # EDConfig.batching (the program's layout, qdjax.backend) is not part of a dataset's identity
-        "config": {k: ("inf" if v == math.inf else v) for k, v in dataclasses.asdict(config).items()
-                   if k != "batching"},
+        "config": {k: v for k, v in config.to_dict().items() if k != "batching"},
         "n_electrons": list(ns),
         "n_samples": n_samples,
         "seed": int(seed),

@@ -154,3 +154,13 @@ def test_integer_types_are_accepted_alike_for_sizes_and_n(integer):
 def test_boolean_sizes_are_refused(field):
     with pytest.raises(ValueError, match=field):
         qdjax.EDConfig(**{field: np.True_})
+
+
+def test_config_dict_round_trip_through_json():
+    # to_dict is JSON-ready (eps_r = inf as "inf") and from_dict inverts it exactly.
+    import json
+    import math
+
+    for cfg in (qdjax.EDConfig(), qdjax.EDConfig(grid=16, basis=8, orbitals=4, eps_r=math.inf, dtype="float32")):
+        d = json.loads(json.dumps(cfg.to_dict(), allow_nan=False))
+        assert qdjax.EDConfig.from_dict(d) == cfg

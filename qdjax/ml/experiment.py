@@ -200,11 +200,12 @@ def run_mapping(
         from qdjax import inverse
 
         ed_term = physics.EDTerm(float(ed_weight), int(n_electrons), ed_config, scalers.inputs, scalers.targets, ed_loss)
+        density_mean = train_in.mean(axis=0)  # the input densities' training mean map (R^2 reference)
         val_target = np.asarray(splits["validation"][src], np.float64)
 
         def ed_r2(state, target):
             proposer = evaluate.generator_function(state, scalers, symmetrize)
-            checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=train_in.mean(axis=0))
+            checked = inverse.check(proposer, target, n_electrons, ed_config, mean_map=density_mean)
             return float(checked.scores["r2"])
 
         def val_score(state):
@@ -235,8 +236,8 @@ def run_mapping(
         from qdjax import inverse
 
         proposer = evaluate.generator_function(best.state, scalers, symmetrize)
-        checked = inverse.check(proposer, test_in, n_electrons, ed_config, mean_map=train_in.mean(axis=0))
-        ed_test = check_summary(checked, test_in, test_out, train_in.mean(axis=0), train_mean)
+        checked = inverse.check(proposer, test_in, n_electrons, ed_config, mean_map=density_mean)
+        ed_test = check_summary(checked, test_in, test_out, density_mean, train_mean)
     summary = {
         "mapping": mapping,
         "steps": steps,

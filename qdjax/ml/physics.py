@@ -93,7 +93,7 @@ class EDTerm:
         return {
             "weight": self.weight,
             "n_electrons": self.n_electrons,
-            "ed_config": {k: ("inf" if v == math.inf else v) for k, v in dataclasses.asdict(self.ed_config).items()},
+            "ed_config": self.ed_config.to_dict(),
             "density_scaler": self.density_scaler.to_dict(),
             "potential_scaler": self.potential_scaler.to_dict(),
             "loss": self.loss,
