@@ -274,6 +274,33 @@ def test_iterative_float32_close_to_float64(config, random_V):
         np.testing.assert_allclose(v32.density, v64.density, atol=1e-4 * float(v64.density.max()))
 
 
+def test_orbital_solve_is_shift_invariant_and_centred_for_float32(config, random_V, monkeypatch):
+    # LOBPCG solves H0 - c with c = single_particle.reference_energy (no derivative). In float64
+    # a constant added to V adds exactly that constant to the energies and h1 and leaves the
+    # orbitals. In float32 the centring halves the rounding of the orbital energies against
+    # the float64 dense reference: the control solves with c = 0.
+    V = jnp.asarray(random_V)
+    solve = jax.vmap(lambda v: single_particle.solve_iterative_h1(v, config))
+    (orb, h1, _), (orb_up, h1_up, _) = solve(V), solve(V + 0.3)
+    np.testing.assert_allclose(orb_up.energies, orb.energies + 0.3, atol=1e-10)
+    np.testing.assert_allclose(h1_up, h1 + 0.3 * np.eye(config.orbitals), atol=1e-10)
+    assert np.abs(np.abs(orb_up.coefficients) - np.abs(orb.coefficients)).max() < 1e-8
+
+    reference = np.asarray(ed.integrals(V, DENSE).orbitals.energies)
+    cfg32 = config.replace(dtype="float32")
+
+    def float32_error():
+        jax.clear_caches()
+        energies = jax.vmap(lambda v: single_particle.solve_iterative(v, cfg32)[0].energies)(V.astype(jnp.float32))
+        return float(np.max(np.abs(np.asarray(energies, np.float64) - reference)))
+
+    centred = float32_error()
+    monkeypatch.setattr(single_particle, "reference_energy", lambda v, cfg: jnp.zeros(v.shape[:-2], v.dtype))
+    uncentred = float32_error()
+    assert centred < 0.7 * uncentred, (centred, uncentred)
+    assert centred < 6e-7, centred
+
+
 def test_unconverged_instances_are_recomputed_densely(config, random_V, monkeypatch):
     # With an iteration limit of 2 LOBPCG cannot converge: an eager call must warn and return
     # the dense result.
