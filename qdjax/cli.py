@@ -290,6 +290,10 @@ def _add_train(subparsers) -> None:
                    help="discriminator patch size preset (default: image70)")  # fmt: skip
     p.add_argument("--d4", action="store_true", help="random symmetry-of-the-square augmentation (exact)")
     p.add_argument("--symmetrize", action="store_true", help="evaluate with the D4-averaged generator")
+    p.add_argument("--d4-weight", type=float, default=0.0, metavar="W",
+                   help="add W times the D4-consistency term (the generator against its output on a rotated or "
+                        "mirrored input, rotated back) to the generator loss; pulls the single-pass generator "
+                        "towards its D4 average (default: 0, none)")  # fmt: skip
     p.add_argument("--density-head", action="store_true",
                    help="normalised density output layer (non-negative, integrates to N) for density targets")  # fmt: skip
     p.add_argument("--log-input", action="store_true",
@@ -352,8 +356,9 @@ def _run_train(args: argparse.Namespace) -> int:
                          "samples)")  # fmt: skip
     if not 0 <= args.lr_decay <= args.steps:
         raise ValueError(f"--lr-decay must be between 0 and --steps={args.steps}, got {args.lr_decay}")
-    if not (args.ed_weight >= 0 and math.isfinite(args.ed_weight)):
-        raise ValueError(f"--ed-weight must be a finite number >= 0, got {args.ed_weight}")
+    for flag, value in (("--ed-weight", args.ed_weight), ("--d4-weight", args.d4_weight)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
     if args.ed_weight > 0 and args.mapping != "n_int->V":
         raise ValueError(f"--ed-weight needs --mapping n_int->V, got {args.mapping}")
     if args.init_from is not None and not pathlib.Path(args.init_from).is_dir():
@@ -370,7 +375,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
                                        image_size=ed_config.grid,
                                        decay_start=args.steps - args.lr_decay if args.lr_decay else 0,
-                                       decay_steps=args.lr_decay)  # fmt: skip
+                                       decay_steps=args.lr_decay, lambda_d4=args.d4_weight)  # fmt: skip
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,

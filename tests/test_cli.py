@@ -168,6 +168,15 @@ def test_lr_decay_longer_than_training_is_refused(tiny_dataset, tmp_path, capsys
     assert "--lr-decay" in one_line_error(capsys, "train")
 
 
+@pytest.mark.parametrize("flag", ["--ed-weight", "--d4-weight"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_loss_weights_must_be_finite_and_non_negative(tiny_dataset, tmp_path, capsys, flag, value):
+    argv = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--steps", "2", "--mapping",
+            "n_int->V", flag, value]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert flag in one_line_error(capsys, "train")
+
+
 def test_evaluate_without_checkpoint_is_a_user_error(tiny_dataset, tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(tiny_dataset), "--out", str(tmp_path)]
     assert cli.main(argv) == 1

@@ -538,6 +538,7 @@ def pix2pix_config(
     image_size: int = 64,
     decay_start: int = 0,
     decay_steps: int = 0,
+    lambda_d4: float = 0.0,
 ) -> Pix2PixConfig:
     """A Pix2PixConfig from the few choices the examples and the command line expose.
 
@@ -551,6 +552,7 @@ def pix2pix_config(
       jitter_resize: random jitter size (image_size: none, the paper's best).
       image_size: image side in pixels (the ED grid).
       decay_start, decay_steps: learning-rate schedule as in Pix2PixConfig (0, 0: constant).
+      lambda_d4: weight of the D4-consistency term (Pix2PixConfig.lambda_d4; 0: none).
     """
     from qdjax.ml import models
 
@@ -569,6 +571,7 @@ def pix2pix_config(
         jitter_resize=jitter_resize if jitter_resize != 64 else image_size,
         decay_start=decay_start,
         decay_steps=decay_steps,
+        lambda_d4=lambda_d4,
     )
 
 

@@ -299,6 +299,12 @@ class Pix2PixConfig:
       random_d4: apply a uniformly random element of the symmetry group of the square
         (4 rotations x optional mirror) to each (input, target) pair. The map V -> n
         commutes with all eight, so this is exact data augmentation. Off by default.
+      lambda_d4: weight of the D4-consistency term of the generator loss (0, the default:
+        none). The term is the mean over pixels of (G(x) - sg(g^-1 G(g x)))^2 with g a
+        uniformly random non-identity element of D4 per image and sg a stop-gradient. Its
+        expected gradient is proportional to G(x) - PG(x), PG the D4 average of G (the
+        `predict(..., symmetrize=True)` generator, the projection of G onto D4-equivariant
+        maps), so it pulls the single-pass generator towards its own D4 average.
     """
 
     generator: GeneratorConfig = GeneratorConfig()
@@ -314,6 +320,7 @@ class Pix2PixConfig:
     jitter_method: str = "nearest"
     random_flip: bool = False
     random_d4: bool = False
+    lambda_d4: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.generator, Mapping):
@@ -332,7 +339,7 @@ class Pix2PixConfig:
                 f"discriminator.in_channels={d.in_channels} must equal generator.in_channels + "
                 f"generator.out_channels = {g.in_channels + g.out_channels}"
             )
-        for name in ("lambda_l1", "learning_rate", "beta1", "beta2"):
+        for name in ("lambda_l1", "learning_rate", "beta1", "beta2", "lambda_d4"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"Pix2PixConfig.{name} must be a finite number >= 0, got {v!r}")

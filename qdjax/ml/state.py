@@ -32,6 +32,7 @@ from qdjax.ml.models import (
 
 __all__ = [
     "METRIC_NAMES",
+    "D4_METRIC_NAMES",
     "TrainState",
     "init_state",
     "generator_from_state",
@@ -44,6 +45,8 @@ __all__ = [
 
 #: Per-step metrics of the training step and of a training history (all float32 scalars).
 METRIC_NAMES = ("g_loss", "g_gan", "g_l1", "d_loss", "d_real", "d_fake")
+#: Metric of the D4-consistency term (Pix2PixConfig.lambda_d4 > 0): its unweighted value.
+D4_METRIC_NAMES = ("g_d4",)
 
 
 @struct.dataclass

@@ -42,6 +42,7 @@ from qdjax.ml.checkpoint import Checkpointer
 from qdjax.ml.models import Pix2PixConfig, UNetGenerator, discriminator_output_size
 from qdjax.ml.physics import ED_METRIC_NAMES, EDTerm, ed_term_loss
 from qdjax.ml.state import (
+    D4_METRIC_NAMES,
     METRIC_NAMES,
     TrainState,
     discriminator_from_state,
@@ -57,6 +58,7 @@ __all__ = [
     "TrainState",
     "FitResult",
     "METRIC_NAMES",
+    "D4_METRIC_NAMES",
     "ED_METRIC_NAMES",
     "EDTerm",
     "init_state",
@@ -67,6 +69,7 @@ __all__ = [
     "discriminator_loss",
     "d4_transform",
     "d4_inverse",
+    "d4_consistency",
     "augment",
     "make_train_step",
     "predict",
@@ -145,6 +148,32 @@ def d4_inverse(images: ArrayLike, g: int, axes: tuple[int, int] = (-3, -2)) -> j
     if g >= 4:
         x = jnp.flip(x, axis=axes[1])
     return x
+
+
+def _d4_each(images: jax.Array, elements: jax.Array, inverse: bool = False) -> jax.Array:
+    """`d4_transform` (or `d4_inverse`) of element elements[i] (int array (B,), values 0..7)
+    applied to image i of images (B, S, S, C)."""
+    fn = d4_inverse if inverse else d4_transform
+    branches = [functools.partial(fn, g=g, axes=(0, 1)) for g in range(8)]
+    return jax.vmap(lambda z, g: jax.lax.switch(g, branches, z))(images, elements)
+
+
+def d4_consistency(generate: Callable[[jax.Array], jax.Array], x: jax.Array, fake: jax.Array,
+                   key: jax.Array) -> jax.Array:
+    """The D4-consistency term (`Pix2PixConfig.lambda_d4`): mean over pixels of
+    (fake - sg(g^-1 generate(g x)))^2, g uniformly random in D4 without the identity, one
+    element per image, sg a stop-gradient.
+
+    Args:
+      generate: images (B, S, S, C_in) -> (B, S, S, C_out), the generator.
+      x: inputs (B, S, S, C_in); fake: generate(x) (B, S, S, C_out), float32.
+      key: PRNG key for the group elements.
+    Returns:
+      float32 scalar >= 0; zero for a D4-equivariant generator.
+    """
+    elements = jax.random.randint(key, (x.shape[0],), 1, 8)
+    seen = jax.lax.stop_gradient(_d4_each(generate(_d4_each(x, elements)), elements, inverse=True))
+    return jnp.mean((fake - seen) ** 2)
 
 
 def _augment_one(z: jax.Array, key: jax.Array, config: Pix2PixConfig) -> jax.Array:
@@ -237,7 +266,9 @@ def make_train_step(
         key: PRNG key for augmentation and dropout (use a new key per step);
         metrics: dict of float32 scalars `METRIC_NAMES`: g_loss (total generator loss),
           g_gan, g_l1, d_loss, d_real / d_fake (mean discriminator probability on real /
-          generated pairs); with an ED term also `ED_METRIC_NAMES`: g_ed (L_ED, unweighted),
+          generated pairs); with config.lambda_d4 > 0 also `D4_METRIC_NAMES`: g_d4 (the
+          D4-consistency term `d4_consistency`, unweighted); with an ED term also
+          `ED_METRIC_NAMES`: g_ed (L_ED, unweighted),
           ed_l2 and ed_charge (`qdjax.ml.physics.ed_term_loss`).
       The same (state, batch, key) always gives the same result; nothing outside the
       arguments is read or written. Batch norm, if configured, uses batch statistics and
@@ -286,13 +317,20 @@ def _step_gradients(config: Pix2PixConfig, ed_term: EDTerm | None) -> Callable:
         g_total, g_gan, g_l1 = generator_loss(fake_logits, fake, y, config.lambda_l1)
         d_total = discriminator_loss(real_logits, fake_logits)
         metrics = {
-            "g_loss": g_total,
             "g_gan": g_gan,
             "g_l1": g_l1,
             "d_loss": d_total,
             "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
             "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),
         }
+        if config.lambda_d4 > 0:
+            # the transformed images pass the generator as `predict` runs it (no dropout,
+            # batch norm's running averages), so sg(...) averages to predict(symmetrize=True)
+            d4_key = jax.random.fold_in(dropout_key, 0xD4)
+            g_d4 = d4_consistency(lambda z: gen(z, train=False), x, fake, d4_key)
+            g_total = g_total + config.lambda_d4 * g_d4
+            metrics["g_d4"] = g_d4
+        metrics["g_loss"] = g_total
         new_stats = (
             nnx.to_pure_dict(nnx.state(gen, nnx.BatchStat)),
             nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)),
@@ -678,7 +716,8 @@ def fit(
     init_key, data_key, step_key = jax.random.split(base_key, 3)
     fingerprint = _fingerprint(xt, yt, xv, yv)
 
-    metric_names = METRIC_NAMES + (ED_METRIC_NAMES if ed_term is not None else ())
+    metric_names = (METRIC_NAMES + (D4_METRIC_NAMES if config.lambda_d4 > 0 else ())
+                    + (ED_METRIC_NAMES if ed_term is not None else ()))  # fmt: skip
     ed_meta = None if ed_term is None else ed_term.to_dict()
     history: dict[str, list] = {"step": [], **{m: [] for m in metric_names}, "val_step": [], "val_r2": []}
     ckpt = None
