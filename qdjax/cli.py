@@ -129,7 +129,8 @@ def _add_generate(subparsers) -> None:
         help="make (or resume) an ED training dataset",
         description=(
             "Random confinement potentials with their non-interacting and interacting ground-state "
-            "densities and energies for each N, solved by exact diagonalisation in jitted batches and "
+            "densities and energies for each N (with --spectrum K also the lowest K spin multiplets and the "
+            "chemical potentials), solved by exact diagonalisation in jitted batches and "
             "written in checksummed chunks (docs/data.md). Running the same command again after an "
             "interruption continues where it stopped; a folder made with other settings is refused. "
             "Paper data set: qdjax generate --out data/paper (5000 samples, N = 1 2 3 4)."
@@ -148,6 +149,10 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--splits", type=int, nargs=3, default=None, metavar=("TRAIN", "VALIDATION", "TEST"),
                    help="split sizes, contiguous in sample index (default: 2%% validation, 2%% test: "
                         "4800 100 100 of 5000)")  # fmt: skip
+    p.add_argument("--spectrum", type=int, default=0, metavar="K",
+                   help="also store, for every N, the lowest K spin multiplets of the interacting problem (energies "
+                        "in eV and total spin S) and the chemical potentials mu(N) = E0(N) - E0(N-1) for N = 1..max N "
+                        "(eV), checksummed with the rest; part of the dataset's settings (default: 0, none)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar and summary line")
     multi = p.add_argument_group("several processes (hosts)")
     multi.add_argument("--distributed", action="store_true",
@@ -166,6 +171,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from qdjax import data
 
     check_out(args.out)
+    check_counts(args, {"spectrum": 0})
     if args.merge:
         path = data.merge(args.out)
         print(f"qdjax generate: merged manifests into {path.resolve()}")
@@ -186,6 +192,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         process_index=args.process_index,
         process_count=args.process_count,
+        spectrum=args.spectrum,
     )
     del result
     return 0
@@ -232,6 +239,9 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"  chunks: {info['chunks_done']} of {info['n_chunks']} ({status}); {info['chunk_size']} samples each, "
           f"batch size {info['batch_size']}; {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
     print("  splits: " + ", ".join(f"{k} {info['splits'][k][0]}..{info['splits'][k][1]}" for k in data.SPLITS))
+    if info["spectrum"]:
+        print(f"  spectrum: the lowest {info['spectrum']} spin multiplets of each N (energies, S) and "
+              f"mu(N) for N = 1..{max(info['n_electrons'])}")  # fmt: skip
     print("  config: " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
     if info["stray_files"]:
         print(f"  temporary files of an interrupted write (removed by the next run): {', '.join(info['stray_files'])}")

@@ -4,7 +4,10 @@ A dataset is `n_samples` random confinement potentials of the paper's class (Pan
 al., Mach. Learn.: Sci. Technol. 4, 025023 (2023), section II) with, for every requested
 electron number N, the non-interacting and the interacting ground-state density and energy.
 The paper's training data is ``generate(out, 5000, (1, 2, 3, 4))`` at the default
-`EDConfig` (4800 / 100 / 100 train / validation / test).
+`EDConfig` (4800 / 100 / 100 train / validation / test). With ``spectrum=n_states`` > 0 every
+sample also holds, for the interacting problem, the lowest n_states spin multiplets of each N
+(energies and total spin, `qdjax.spectrum.spectrum`) and the chemical potentials
+mu(N) = E0(N) - E0(N - 1), N = 1..max(n_electrons) (`SPECTRUM_KEYS`).
 
 Reproducibility: sample k has its own seed
 
@@ -17,7 +20,8 @@ parameters, so a sample depends on (seed, k, config) alone and can be recomputed
 
 Computation: the samples of a chunk are solved in calls of ``batch_size x devices`` samples
 by `qdjax.ed.ground_states` (one jitted, vmapped program per call, sharing the
-single-particle solve between all N and the non-interacting case). With several local devices
+single-particle solve between all N and the non-interacting case), and with a spectrum by
+`qdjax.spectrum.spectrum` for each N on the same call. With several local devices
 the call's potentials are sharded over ``Mesh(devices, ("batch",))`` with a NamedSharding, so
 every device solves ``batch_size`` of them. The chunk layout, the call size per device and the
 padding of a chunk's last call (copies of its last potential) are fixed by the manifest, so the
@@ -57,6 +61,7 @@ import jax
 import numpy as np
 
 from qdjax import backend, ed, potentials
+from qdjax import spectrum as multiplets
 from qdjax.backend import single_threaded_blas  # noqa: F401 (public here too)
 from qdjax.config import EDConfig
 
@@ -67,6 +72,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "GenerateResult",
+    "SPECTRUM_KEYS",
     "SPLITS",
     "check_chunk",
     "code_fingerprint",
@@ -103,6 +109,16 @@ ARRAY_KEYS = {
     "orbital_energies": "dtype (n, K), eV: lowest K single-particle energies",
 }
 
+#: Further arrays of the chunks (and of `load`) of a dataset made with ``spectrum=n_states`` > 0
+#: (the manifest's "spectrum"), for the interacting problem; n_max = max(n_electrons).
+SPECTRUM_KEYS = {
+    "spectrum_energies": "dtype (n, m, n_states), eV: lowest n_states spin multiplets of each N, each once, "
+                         "ascending (qdjax.spectrum.spectrum)",
+    "spectrum_spin": "dtype (n, m, n_states): their total spin S, from <S^2> = S(S + 1) (half-integers up to "
+                     "rounding)",
+    "chemical_potential": "dtype (n, n_max), eV: mu(N) = E0(N) - E0(N - 1) for N = 1..n_max, E0(0) = 0",
+}  # fmt: skip
+
 #: Manifest fields that must agree before an existing folder is continued or merged.
 _IDENTITY = (
     "format",
@@ -117,7 +133,13 @@ _IDENTITY = (
     "splits",
     "sample_seed",
     "potential",
+    "spectrum",
 )
+#: Largest distance of a stored total spin S from a half-integer (`check_chunk`); S from <S^2>
+#: carries rounding (about 2e-7 in float32).
+_SPIN_TOL = 1e-6
+#: Values of identity fields that a manifest may leave out (older datasets have no "spectrum").
+_IDENTITY_DEFAULTS = {"spectrum": 0}
 _SAMPLE_SEED_RULE = "numpy.random.SeedSequence([seed, index]).generate_state(1, numpy.uint64)[0]"
 _POTENTIAL_RULE = "qdjax.potentials.random_potential(sample_seed, config) with its default (paper) parameters"
 _MANIFEST = "manifest.json"
@@ -140,8 +162,15 @@ class Dataset(NamedTuple):
     energy_int: (n, m), eV. orbital_energies: (n, K), eV. Densities and energies have the
     configuration's dtype (float64 by default).
 
+    Of a dataset made with ``spectrum=n_states`` > 0 (else None; `SPECTRUM_KEYS`), for the
+    interacting problem: spectrum_energies (n, m, n_states), eV, the lowest n_states spin
+    multiplets of each N, each once; spectrum_spin (n, m, n_states), their total spin S;
+    chemical_potential (n, n_max), eV, mu(N) = E0(N) - E0(N - 1) for N = 1..n_max =
+    max(n_electrons), E0(0) = 0. Same dtype as the energies.
+
     `load(..., n_electrons=N)` drops the m axis: n0, n_int (n, grid, grid), energy0,
-    energy_int (n,), n_electrons a 0-d array.
+    energy_int (n,), spectrum_energies, spectrum_spin (n, n_states), n_electrons a 0-d array;
+    chemical_potential keeps (n, n_max).
     """
 
     index: np.ndarray
@@ -153,6 +182,13 @@ class Dataset(NamedTuple):
     energy0: np.ndarray
     energy_int: np.ndarray
     orbital_energies: np.ndarray
+    spectrum_energies: np.ndarray | None = None
+    spectrum_spin: np.ndarray | None = None
+    chemical_potential: np.ndarray | None = None
+
+
+#: Dataset arrays with an axis over n_electrons (axis 1), dropped by `load(..., n_electrons=N)`.
+_PER_N = ("n0", "n_int", "energy0", "energy_int", "spectrum_energies", "spectrum_spin")
 
 
 class GenerateResult(NamedTuple):
@@ -214,15 +250,17 @@ def compute_samples(
     *,
     batch_size: int = 1,
     devices: Sequence[jax.Device] | None = None,
+    spectrum: int = 0,
 ) -> dict[str, np.ndarray]:
     """Potentials and ground states of samples given by their seeds, as stored by `generate`.
 
     The potentials are ``qdjax.potentials.random_potential(s, config)``; they are solved in
     calls of ``batch_size * len(devices)`` samples by ``qdjax.ed.ground_states(V,
-    n_electrons, config, with_non_interacting=True)``, the last call padded with copies of
-    the last potential. With the `batch_size` of a dataset's manifest a sample recomputed
-    alone equals its stored bits (it does for batch_size 1, where every sample is its own
-    vmap instance).
+    n_electrons, config, with_non_interacting=True)`` (and, with a spectrum, by
+    ``qdjax.spectrum.spectrum(V, N, spectrum, config)`` for each N), the last call padded with
+    copies of the last potential. With the `batch_size` of a dataset's manifest a sample
+    recomputed alone equals its stored bits (it does for batch_size 1, where every sample is
+    its own vmap instance).
 
     Args:
       seeds: n sample seeds, non-negative integers (e.g. a dataset's ``seed`` array).
@@ -230,20 +268,24 @@ def compute_samples(
       config: EDConfig.
       batch_size: samples per device and call (the vmap width of the ED program).
       devices: devices to shard each call over (default: ``jax.local_devices()``).
+      spectrum: n_states, the spin multiplets kept per N (0: none; as in `generate`).
 
     Returns:
       dict with the `ARRAY_KEYS` except "index": seed (n,) uint64, n_electrons (m,), V
       (n, grid, grid) float64 eV, n0 and n_int (n, m, grid, grid) nm^-2, energy0 and
-      energy_int (n, m) eV, orbital_energies (n, K) eV.
+      energy_int (n, m) eV, orbital_energies (n, K) eV; with a spectrum also the
+      `SPECTRUM_KEYS`: spectrum_energies and spectrum_spin (n, m, n_states), eV and S,
+      chemical_potential (n, max(n_electrons)) eV.
     """
     ns = _check_n_electrons(n_electrons, config)
+    n_states = _check_spectrum(spectrum, ns, config)
     batch_size = _check_positive("batch_size", batch_size)
     seeds = np.asarray([int(s) for s in seeds], dtype=np.uint64)
     if seeds.size == 0:
         raise ValueError("seeds is empty")
     V = potentials.random_potentials([int(s) for s in seeds], config)
     with single_threaded_blas():
-        out = _solve_padded(V, ns, config, _mesh(devices), batch_size)
+        out = _solve_padded(V, ns, config, _mesh(devices), batch_size, n_states)
     out.update(seed=seeds, n_electrons=np.asarray(ns, dtype=np.int64), V=V)
     return out
 
@@ -255,8 +297,8 @@ def _pad(V: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([V, np.repeat(V[-1:], size - len(V), axis=0)])
 
 
-def _solve_padded(V, ns, config, mesh, batch_size, on_call=None) -> dict[str, np.ndarray]:
-    """Ground states of potentials V (n, grid, grid) in calls of batch_size * mesh.size.
+def _solve_padded(V, ns, config, mesh, batch_size, n_states, on_call=None) -> dict[str, np.ndarray]:
+    """Ground states (and spectra) of potentials V (n, grid, grid) in calls of batch_size * mesh.size.
 
     The last call is padded (`_pad`); on_call(k) is called after each call with its k real
     samples. Returns the `_solve` arrays for the n potentials.
@@ -265,18 +307,19 @@ def _solve_padded(V, ns, config, mesh, batch_size, on_call=None) -> dict[str, np
     parts = []
     for lo in range(0, len(V), per_call):
         part = V[lo : lo + per_call]
-        solved = _solve(_pad(part, per_call), ns, config, mesh)
+        solved = _solve(_pad(part, per_call), ns, config, mesh, n_states)
         parts.append({key: value[: len(part)] for key, value in solved.items()})
         if on_call is not None:
             on_call(len(part))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _solve(V: np.ndarray, ns: tuple[int, ...], config: EDConfig, mesh: jax.sharding.Mesh) -> dict:
+def _solve(V: np.ndarray, ns: tuple[int, ...], config: EDConfig, mesh: jax.sharding.Mesh, n_states: int) -> dict:
     """Ground states of one call's potentials (c, grid, grid), sharded over the mesh.
 
     Returns host arrays n0, n_int (c, m, grid, grid), energy0, energy_int (c, m) and
-    orbital_energies (c, K).
+    orbital_energies (c, K); with n_states > 0 also spectrum_energies, spectrum_spin
+    (c, m, n_states) and chemical_potential (c, max(ns)) (`SPECTRUM_KEYS`).
     """
     if mesh.size > 1:
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
@@ -284,17 +327,38 @@ def _solve(V: np.ndarray, ns: tuple[int, ...], config: EDConfig, mesh: jax.shard
     else:
         V = jax.device_put(V, mesh.devices.flat[0])
     states = ed.ground_states(V, ns, config, with_non_interacting=True)
-    return dict(
+    out = dict(
         n0=_stack(states.non_interacting, "density"),
         n_int=_stack(states.interacting, "density"),
         energy0=_stack(states.non_interacting, "energy"),
         energy_int=_stack(states.interacting, "energy"),
         orbital_energies=np.asarray(states.interacting[0].orbital_energies),
     )
+    if n_states:
+        spectra = [multiplets.spectrum(V, n, n_states, config) for n in ns]
+        out.update(
+            spectrum_energies=_stack(spectra, "energies"),
+            spectrum_spin=_stack(spectra, "total_spin"),
+            chemical_potential=_chemical_potential(V, ns, out["energy_int"], config),
+        )
+    return out
+
+
+def _chemical_potential(V: jax.Array, ns: tuple[int, ...], energy_int: np.ndarray, config: EDConfig) -> np.ndarray:
+    """mu(N) = E0(N) - E0(N - 1), N = 1..max(ns), E0(0) = 0: (c, max(ns)) eV on the host.
+
+    From the interacting energies (c, m) of `ns` when they include every N in 1..max(ns) (so
+    that mu sums to energy_int exactly), else by `qdjax.spectrum.chemical_potentials` on V.
+    """
+    n_max = max(ns)
+    if set(range(1, n_max + 1)) <= set(ns):
+        e0 = energy_int[:, [ns.index(n) for n in range(1, n_max + 1)]]
+        return np.diff(e0, axis=1, prepend=np.zeros_like(e0[:, :1]))
+    return np.asarray(multiplets.chemical_potentials(V, n_max, config))
 
 
 def _stack(states, field: str) -> np.ndarray:
-    """One field of m GroundStates stacked on the host along a new axis 1 (the N axis)."""
+    """One field of m GroundStates (or Spectra) stacked on the host along a new axis 1 (the N axis)."""
     return np.stack([np.asarray(getattr(s, field)) for s in states], axis=1)
 
 
@@ -307,7 +371,7 @@ def _mesh(devices: Sequence[jax.Device] | None) -> jax.sharding.Mesh:
 
 #: Modules whose source determines the numbers of a sample.
 _CODE_MODULES = ("config", "backend", "units", "potentials", "basis", "single_particle", "coulomb", "fock",
-                 "linalg", "ed", "data")  # fmt: skip
+                 "linalg", "ed", "spectrum", "data")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
@@ -347,6 +411,7 @@ def generate(
     devices: Sequence[jax.Device] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    spectrum: int = 0,
 ) -> GenerateResult:
     """Make (or finish) a dataset in the folder `out`; resumable, bit-reproducible.
 
@@ -377,6 +442,11 @@ def generate(
         process_index + process_count, ... and records them in its own manifest
         (``manifest.process-<i>-of-<P>.json``); default ``jax.process_index()`` and
         ``jax.process_count()`` (1 process: ``manifest.json``).
+      spectrum: n_states > 0 also stores, for the interacting problem, the lowest n_states
+        spin multiplets of each N (energies and total spin, `qdjax.spectrum.spectrum`) and
+        mu(N) for N = 1..max(n_electrons) (`SPECTRUM_KEYS`); at most the smallest sector
+        dimension of the N. 0 (default): none. Part of the dataset's settings (the manifest's
+        "spectrum", written only when > 0).
 
     Returns:
       GenerateResult.
@@ -388,6 +458,7 @@ def generate(
     """
     t_start = time.perf_counter()
     ns = _check_n_electrons(n_electrons, config)
+    n_states = _check_spectrum(spectrum, ns, config)
     n_samples = _check_positive("n_samples", n_samples)
     chunk_size = _check_positive("chunk_size", chunk_size)
     _check_seed(seed)
@@ -404,7 +475,7 @@ def generate(
     for n in ns:
         ed.validate(np.zeros((1, config.grid, config.grid)), n, config)
 
-    header = _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes)
+    header = _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes, n_states)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     name = _MANIFEST if p_count == 1 else f"manifest.process-{p_index}-of-{p_count}.json"
@@ -440,7 +511,7 @@ def generate(
             with single_threaded_blas():
                 for c in todo:
                     start, stop = _chunk_range(c, chunk_size, n_samples)
-                    payload = _chunk_payload(start, stop, seed, ns, config, mesh, batch_size, meter.update)
+                    payload = _chunk_payload(start, stop, seed, ns, config, mesh, batch_size, n_states, meter.update)
                     _atomic_write(folder / _chunk_name(c), payload)
                     own[str(c)] = {
                         "file": _chunk_name(c),
@@ -465,18 +536,19 @@ def generate(
     return result
 
 
-def _chunk_payload(start, stop, seed, ns, config, mesh, batch_size, on_call) -> bytes:
-    """The .npz bytes of the chunk holding samples start..stop-1 (`ARRAY_KEYS`)."""
+def _chunk_payload(start, stop, seed, ns, config, mesh, batch_size, n_states, on_call) -> bytes:
+    """The .npz bytes of the chunk holding samples start..stop-1 (`ARRAY_KEYS`, and the
+    `SPECTRUM_KEYS` when n_states > 0)."""
     seeds = sample_seeds(seed, range(start, stop))
     V = potentials.random_potentials([int(s) for s in seeds], config)
-    arrays = _solve_padded(V, ns, config, mesh, batch_size, on_call)
+    arrays = _solve_padded(V, ns, config, mesh, batch_size, n_states, on_call)
     arrays.update(
         index=np.arange(start, stop, dtype=np.int64),
         seed=seeds,
         n_electrons=np.asarray(ns, dtype=np.int64),
         V=V,
     )
-    return _npz_bytes(arrays)
+    return _npz_bytes(arrays, _array_keys(n_states))
 
 
 class _Meter:
@@ -524,9 +596,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     Returns:
       dict with the settings (format, format_version, qdjax_version, config (EDConfig
       fields; eps_r may be "inf"), n_electrons, n_samples, seed, chunk_size, n_chunks,
-      batch_size, splits {name: [start, stop]}, sample_seed, potential, arrays) and
-      "chunks": {chunk index (int): {"file", "start", "stop", "sha256", "code"}} for every
-      chunk recorded by any process ("code": `code_fingerprint` of the code that made it).
+      batch_size, splits {name: [start, stop]}, sample_seed, potential, arrays; spectrum,
+      the n_states of `generate`, only when > 0) and "chunks": {chunk index (int): {"file",
+      "start", "stop", "sha256", "code"}} for every chunk recorded by any process ("code":
+      `code_fingerprint` of the code that made it).
 
     Raises:
       DatasetError: no manifest, an unreadable one, or manifests that disagree.
@@ -580,7 +653,9 @@ def load(
         contents are still checked (`check_chunk`).
 
     Returns:
-      Dataset (shapes and units in its docstring), samples in index order.
+      Dataset (shapes and units in its docstring), samples in index order; its
+      spectrum_energies, spectrum_spin and chemical_potential are None unless the dataset was
+      made with a spectrum.
 
     Raises:
       DatasetError: an inconsistent manifest (overlapping splits, a chunk file outside the
@@ -616,25 +691,37 @@ def load(
         arrays = _read_chunk(folder, c, entry, verify, manifest)
         start = entry["start"]
         parts.append({k: v[max(lo - start, 0) : hi - start] if k != "n_electrons" else v for k, v in arrays.items()})
-    keys = [k for k in Dataset._fields if k != "n_electrons"]
+    keys = [k for k in _array_keys(_n_states(manifest)) if k != "n_electrons"]
     out = {k: np.concatenate([p[k] for p in parts]) for k in keys} if parts else _empty(manifest)
     out["n_electrons"] = np.asarray(manifest["n_electrons"], dtype=np.int64)
     if slot is not None:
-        for k in ("n0", "n_int", "energy0", "energy_int"):
-            out[k] = out[k][:, slot]
+        for k in _PER_N:
+            if k in out:
+                out[k] = out[k][:, slot]
         out["n_electrons"] = out["n_electrons"][slot]
     return Dataset(**out)
 
 
 def _empty(manifest: dict) -> dict[str, np.ndarray]:
+    """Arrays of no samples: those of the manifest's chunks (`_shapes`) with n = 0."""
+    dt = np.dtype(config_from_manifest(manifest).dtype)
+    out = dict(index=np.zeros(0, np.int64), seed=np.zeros(0, np.uint64))
+    out.update({k: np.zeros(shape, np.float64 if k == "V" else dt) for k, shape in _shapes(manifest, 0).items()})
+    return out
+
+
+def _shapes(manifest: dict, n: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the floating arrays of n samples of the manifest's dataset (`ARRAY_KEYS`, and
+    `SPECTRUM_KEYS` with a spectrum)."""
     config = config_from_manifest(manifest)
-    g, m, k = config.grid, len(manifest["n_electrons"]), config.orbitals
-    dt = np.dtype(config.dtype)
-    return dict(
-        index=np.zeros(0, np.int64), seed=np.zeros(0, np.uint64), V=np.zeros((0, g, g)),
-        n0=np.zeros((0, m, g, g), dt), n_int=np.zeros((0, m, g, g), dt), energy0=np.zeros((0, m), dt),
-        energy_int=np.zeros((0, m), dt), orbital_energies=np.zeros((0, k), dt),
-    )  # fmt: skip
+    m, g, k = len(manifest["n_electrons"]), config.grid, config.orbitals
+    shapes = dict(V=(n, g, g), n0=(n, m, g, g), n_int=(n, m, g, g), energy0=(n, m), energy_int=(n, m),
+                  orbital_energies=(n, k))  # fmt: skip
+    n_states = _n_states(manifest)
+    if n_states:
+        shapes.update(spectrum_energies=(n, m, n_states), spectrum_spin=(n, m, n_states),
+                      chemical_potential=(n, max(manifest["n_electrons"])))  # fmt: skip
+    return shapes
 
 
 def _read_chunk(folder: Path, c: int, entry: dict, verify: bool, manifest: dict) -> dict[str, np.ndarray]:
@@ -675,18 +762,26 @@ def _parse_chunk(c: int, file: Path, data: bytes) -> dict[str, np.ndarray]:
 def check_chunk(arrays: dict[str, np.ndarray], c: int, manifest: dict, file: str | os.PathLike = "") -> None:
     """Raise DatasetError, naming the field, unless chunk c's arrays agree with the manifest.
 
-    Checks: the arrays are exactly `ARRAY_KEYS`; index is start..stop-1 of chunk c (contiguous);
-    seed is `sample_seeds` (manifest seed, index); n_electrons is the manifest's; V, n0, n_int,
+    Checks: the arrays are exactly `ARRAY_KEYS`, and the `SPECTRUM_KEYS` when the manifest's
+    "spectrum" (n_states) is > 0; index is start..stop-1 of chunk c (contiguous); seed is
+    `sample_seeds` (manifest seed, index); n_electrons is the manifest's; V, n0, n_int,
     energy0, energy_int and orbital_energies have the shapes of the manifest's config (grid,
-    orbitals) and N list; every floating array is finite.
+    orbitals) and N list, spectrum_energies and spectrum_spin (n, m, n_states) and
+    chemical_potential (n, max(n_electrons)); every floating array is finite and of a floating
+    dtype; spectrum_spin holds non-negative half-integers to within 1e-6 (S comes from
+    <S^2> and carries its rounding).
 
     Args:
       arrays: the chunk's arrays (name -> NumPy array).
       c: chunk index. manifest: as returned by `read_manifest`. file: shown in the message.
     """
     where = f"chunk {c}" + (f" ({file})" if file else "")
-    if set(arrays) != set(ARRAY_KEYS):
-        raise DatasetError(f"{where} holds the arrays {sorted(arrays)}, not {sorted(ARRAY_KEYS)}")
+    n_states = _n_states(manifest)
+    expected = _array_keys(n_states)
+    if set(arrays) != set(expected):
+        spectrum = f" (spectrum {n_states})" if n_states else " (no spectrum)"
+        raise DatasetError(f"{where} holds the arrays {sorted(arrays)}, not {sorted(expected)} of the manifest"
+                           f"{spectrum}")  # fmt: skip
     start, stop = _chunk_range(c, manifest["chunk_size"], manifest["n_samples"])
     index = arrays["index"]
     if index.shape != (stop - start,) or not np.array_equal(index, np.arange(start, stop)):
@@ -705,14 +800,12 @@ def check_chunk(arrays: dict[str, np.ndarray], c: int, manifest: dict, file: str
             f"n_electrons {manifest['n_electrons']}"
         )
     config = config_from_manifest(manifest)
-    n, m, g, k = stop - start, len(manifest["n_electrons"]), config.grid, config.orbitals
-    shapes = dict(V=(n, g, g), n0=(n, m, g, g), n_int=(n, m, g, g), energy0=(n, m), energy_int=(n, m),
-                  orbital_energies=(n, k))  # fmt: skip
-    for key, shape in shapes.items():
+    for key, shape in _shapes(manifest, stop - start).items():
         if arrays[key].shape != shape:
             raise DatasetError(
                 f"{where}: {key} has shape {arrays[key].shape}, not {shape} of the manifest's config "
-                f"(grid {g}, orbitals {k}) and n_electrons {manifest['n_electrons']}"
+                f"(grid {config.grid}, orbitals {config.orbitals}), n_electrons {manifest['n_electrons']}"
+                + (f" and spectrum {n_states}" if n_states else "")
             )
         if not np.issubdtype(arrays[key].dtype, np.floating):
             raise DatasetError(f"{where}: {key} has dtype {arrays[key].dtype}, not a floating type")
@@ -723,22 +816,35 @@ def check_chunk(arrays: dict[str, np.ndarray], c: int, manifest: dict, file: str
                 f"{where} holds NaN or infinite values in {key} (first at sample {sample}); run `qdjax generate` "
                 "again with the same arguments in a new folder, or report it"
             )
+    if n_states:
+        spin = arrays["spectrum_spin"]
+        twice = np.round(2.0 * spin)
+        bad = (twice < 0) | (np.abs(spin - twice / 2.0) > _SPIN_TOL)
+        if bad.any():
+            first = tuple(np.argwhere(bad)[0])
+            raise DatasetError(
+                f"{where}: spectrum_spin {float(spin[first])} at sample {int(index[first[0]])} is not a non-negative "
+                f"half-integer (to {_SPIN_TOL})"
+            )
 
 
 def _check_manifest(folder: Path, manifest: dict) -> None:
     """Raise DatasetError, naming the field, unless the manifest is consistent in itself.
 
     n_samples, chunk_size and seed are integers (positive, positive, non-negative) and
-    n_chunks follows from them; splits are the three `SPLITS`, each [start, stop] with
-    0 <= start <= stop <= n_samples, pairwise disjoint; every chunk entry c < n_chunks covers
-    samples start..stop-1 of chunk c and names a file inside the folder (a plain file name).
+    n_chunks follows from them; spectrum, where present, is a non-negative integer; splits are
+    the three `SPLITS`, each [start, stop] with 0 <= start <= stop <= n_samples, pairwise
+    disjoint; every chunk entry c < n_chunks covers samples start..stop-1 of chunk c and names
+    a file inside the folder (a plain file name).
     """
 
     def integer(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
     n, size = manifest.get("n_samples"), manifest.get("chunk_size")
-    for key, value, low in (("n_samples", n, 1), ("chunk_size", size, 1), ("seed", manifest.get("seed"), 0)):
+    checks = (("n_samples", n, 1), ("chunk_size", size, 1), ("seed", manifest.get("seed"), 0),
+              ("spectrum", _n_states(manifest), 0))  # fmt: skip
+    for key, value, low in checks:
         if not integer(value) or value < low:
             raise DatasetError(f"{folder}: the manifest's {key} is {value!r}, not an integer >= {low}")
     if manifest.get("n_chunks") != -(-n // size):
@@ -818,7 +924,8 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
 
     Returns:
       dict: path, format_version, qdjax_version, config (dict), n_electrons, n_samples, seed,
-      chunk_size, batch_size, splits, n_chunks, chunks_done, complete, manifests (file names),
+      chunk_size, batch_size, splits, spectrum (n_states of the stored spectra; 0: none),
+      n_chunks, chunks_done, complete, manifests (file names),
       bytes (size of the chunk files), stray_files (temporary files of interrupted writes),
       code (the distinct `code_fingerprint` values of the chunks) and, with verify=True,
       damaged (indices of recorded chunks that are missing or whose sha256 differs) and
@@ -834,6 +941,7 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
     info = {k: manifest[k] for k in ("format_version", "qdjax_version", "config", "n_electrons", "n_samples",
                                       "seed", "chunk_size", "batch_size", "splits", "n_chunks")}  # fmt: skip
     info.update(
+        spectrum=_n_states(manifest),
         path=str(folder.resolve()),
         chunks_done=len(chunks),
         complete=len(chunks) == manifest["n_chunks"],
@@ -860,11 +968,11 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict:
 # ----------------------------------------------------------------------------- manifest helpers
 
 
-def _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes) -> dict:
+def _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes, n_states) -> dict:
     from qdjax import __version__
 
     bounds = np.cumsum((0,) + tuple(split_sizes))
-    return {
+    header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "qdjax_version": __version__,
@@ -879,8 +987,21 @@ def _header(config, ns, n_samples, seed, chunk_size, batch_size, split_sizes) ->
         "splits": {name: [int(bounds[i]), int(bounds[i + 1])] for i, name in enumerate(SPLITS)},
         "sample_seed": _SAMPLE_SEED_RULE,
         "potential": _POTENTIAL_RULE,
-        "arrays": ARRAY_KEYS,
+        "arrays": _array_keys(n_states),
     }
+    if n_states:  # absent without a spectrum, as in datasets made before it existed
+        header["spectrum"] = n_states
+    return header
+
+
+def _n_states(manifest: dict) -> int:
+    """The manifest's "spectrum": spin multiplets stored per N (0 when absent)."""
+    return manifest.get("spectrum", _IDENTITY_DEFAULTS["spectrum"])
+
+
+def _array_keys(n_states: int) -> dict[str, str]:
+    """Arrays of a chunk, in file order: `ARRAY_KEYS`, then `SPECTRUM_KEYS` when n_states > 0."""
+    return {**ARRAY_KEYS, **SPECTRUM_KEYS} if n_states else dict(ARRAY_KEYS)
 
 
 def _identity_diffs(header: dict, manifests: dict[str, dict]) -> str:
@@ -888,7 +1009,8 @@ def _identity_diffs(header: dict, manifests: dict[str, dict]) -> str:
     for name, manifest in manifests.items():
         diffs = []
         for key in _IDENTITY:
-            new, old = header.get(key), manifest.get(key)
+            default = _IDENTITY_DEFAULTS.get(key)
+            new, old = header.get(key, default), manifest.get(key, default)
             if isinstance(new, dict) and isinstance(old, dict):
                 diffs += [f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} here"
                           for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)]  # fmt: skip
@@ -974,16 +1096,17 @@ def _chunk_len(c: int, chunk_size: int, n_samples: int) -> int:
     return stop - start
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A .npz archive (uncompressed ZIP of .npy files) whose bytes depend on the arrays alone.
+def _npz_bytes(arrays: dict[str, np.ndarray], keys: Iterable[str]) -> bytes:
+    """A .npz archive (uncompressed ZIP of .npy files) of arrays[key] for the keys, in their order,
+    whose bytes depend on the arrays alone.
 
     np.savez stamps the current time into the ZIP headers; here every entry has the fixed
-    date 1980-01-01 and the keys are written in `ARRAY_KEYS` order, so equal arrays give equal
-    files (and equal sha256).
+    date 1980-01-01 and the keys are written in the given order (`_array_keys`), so equal
+    arrays give equal files (and equal sha256).
     """
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key in ARRAY_KEYS:
+        for key in keys:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.create_system = 3
             info.external_attr = 0o644 << 16
@@ -1124,6 +1247,20 @@ def _check_n_electrons(n_electrons: Any, config: EDConfig) -> tuple[int, ...]:
     if len(set(ns)) != len(ns):
         raise ValueError(f"n_electrons has repeated values: {ns}")
     return tuple(int(n) for n in ns)
+
+
+def _check_spectrum(n_states: Any, ns: tuple[int, ...], config: EDConfig) -> int:
+    """The `spectrum` argument as an int: 0 (none) or a number of spin multiplets that every
+    N in ns has (`qdjax.spectrum`'s n_states check); ValueError otherwise."""
+    if isinstance(n_states, bool) or not isinstance(n_states, (int, np.integer)) or n_states < 0:
+        raise ValueError(f"spectrum must be a non-negative integer (spin multiplets per N; 0: none), got {n_states!r}")
+    if n_states:
+        for n in ns:
+            try:
+                multiplets._check_states(n_states, config, n)
+            except ValueError as e:
+                raise ValueError(f"spectrum={n_states} is too large for N={n}: {e}") from None
+    return int(n_states)
 
 
 def _check_splits(splits: Sequence[int] | None, n_samples: int) -> tuple[int, int, int]:

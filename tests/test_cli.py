@@ -36,7 +36,7 @@ def one_line_error(capsys, command):
     (["plot"], ["--data", "--index", "--seed", "--grid"]),
     (["generate"], ["--samples", "--n-electrons", "--seed", "--chunk-size", "--batch-size", "--out", "--splits",
                     "--grid", "--basis", "--orbitals", "--length", "--m-eff", "--eps-r", "--density-mode",
-                    "--dtype", "--process-index", "--merge"]),
+                    "--dtype", "--process-index", "--merge", "--spectrum"]),
     (["info"], ["dataset", "--verify"]),
 ])  # fmt: skip
 def test_help_of_every_command(capsys, argv, expected):
@@ -95,10 +95,34 @@ def test_generate_then_info(tmp_path, capsys):
     (["--samples", "0"], "n_samples"),
     (["--density-mode", "full"], "density_mode"),
     (["--splits", "1", "1", "1"], "splits"),
+    (["--spectrum", "-1"], "--spectrum must be at least 0"),
+    (["--spectrum", "9"], "spectrum=9 is too large for N=1"),  # 8 states of one electron in 8 orbitals
 ])  # fmt: skip
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, extra, word):
     assert cli.main(["generate", "--out", str(tmp_path / "x"), "--samples", "5", *extra]) == 1
     assert word in one_line_error(capsys, "generate")
+
+
+def test_generate_with_a_spectrum_then_info(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["generate", "--out", str(out), "--samples", "2", "--chunk-size", "2", "--seed", "7", "--batch-size", "1",
+            "--no-progress", *TINY_FLAGS]  # fmt: skip
+    assert cli.main(argv + ["--spectrum", "3"]) == 0
+    ds = data.load(out)
+    assert ds.spectrum_energies.shape == ds.spectrum_spin.shape == (2, 4, 3) and ds.chemical_potential.shape == (2, 4)
+    # One electron has S = 1/2; mu(1) is the one-electron ground-state energy.
+    np.testing.assert_allclose(ds.spectrum_spin[:, 0], 0.5, atol=1e-8)
+    np.testing.assert_array_equal(ds.chemical_potential[:, 0], ds.energy_int[:, 0])
+    capsys.readouterr()
+    assert cli.main(["info", str(out), "--verify"]) == 0
+    info = capsys.readouterr().out
+    assert "spectrum: the lowest 3 spin multiplets of each N (energies, S) and mu(N) for N = 1..4" in info
+    assert "all 1 chunks verified" in info
+    # Another K (or none) does not continue this dataset.
+    assert cli.main(argv + ["--spectrum", "2"]) == 1
+    assert "spectrum: 3 there, 2 here" in one_line_error(capsys, "generate")
+    assert cli.main(argv) == 1
+    assert "spectrum: 3 there, 0 here" in one_line_error(capsys, "generate")
 
 
 def test_argparse_errors_exit_with_status_2(capsys):

@@ -1,5 +1,6 @@
 """qdjax.data: samples against direct ED calls, bit-identical resumption after SIGKILL,
-refusal of mismatched folders, damaged chunks, splits, several devices and processes.
+refusal of mismatched folders, damaged chunks, splits, several devices and processes; the
+optional spectrum (`spectrum=K`) against direct spectrum and ground-state calls.
 
 All datasets use a small configuration (grid 16, basis 8, 4 orbitals) and batch size 1, so
 every in-process run shares one compiled ED program.
@@ -20,7 +21,7 @@ import pytest
 
 import qdjax
 import qdjax.cli
-from qdjax import backend, data, ed, potentials
+from qdjax import backend, data, ed, potentials, spectrum
 from conftest import TINY_FLAGS, xla_flags
 
 CFG = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
@@ -55,6 +56,25 @@ def reference(tmp_path_factory):
 def copy(reference, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(reference, folder)
+    return folder
+
+
+K = 3  # spin multiplets per N; N = 1 has only 4 states in 4 orbitals
+SPECTRAL_KW = dict(KW, spectrum=K)  # the same dataset with its spectrum
+
+
+@pytest.fixture(scope="module")
+def spectral(tmp_path_factory):
+    """The reference run with the spectrum: uninterrupted, single process, single device."""
+    folder = tmp_path_factory.mktemp("spectral")
+    assert data.generate(folder, N_SAMPLES, **SPECTRAL_KW).complete
+    return folder
+
+
+@pytest.fixture
+def spectral_copy(spectral, tmp_path):
+    folder = tmp_path / "spectral_copy"
+    shutil.copytree(spectral, folder)
     return folder
 
 
@@ -270,22 +290,25 @@ def test_single_threaded_blas_goes_through_threadpoolctl(monkeypatch):
     assert data.single_threaded_blas is backend.single_threaded_blas
 
 
-def test_several_devices_give_the_same_bits(reference, tmp_path):
+def test_several_devices_give_the_same_bits(reference, spectral, tmp_path):
     # Four simulated CPU devices (the flag must be set before JAX starts, hence a subprocess):
-    # each call is sharded over Mesh(4 devices, "batch"), one sample per device.
+    # each call is sharded over Mesh(4 devices, "batch"), one sample per device; with and
+    # without the spectrum.
     out = tmp_path / "four"
     code = textwrap.dedent(f"""
         import jax, qdjax
         from qdjax import data
         assert len(jax.local_devices()) == 4, jax.local_devices()
         cfg = qdjax.EDConfig(grid=16, basis=8, orbitals=4)
-        r = data.generate({str(out)!r}, {N_SAMPLES}, n_electrons={NS}, config=cfg, seed={SEED}, chunk_size=3,
-                          batch_size=1, splits=(6, 1, 1), progress=False)
-        assert r.complete
+        for folder, spectrum in (("plain", 0), ("spectral", {K})):
+            r = data.generate({str(out)!r} + "/" + folder, {N_SAMPLES}, n_electrons={NS}, config=cfg, seed={SEED},
+                              chunk_size=3, batch_size=1, splits=(6, 1, 1), progress=False, spectrum=spectrum)
+            assert r.complete
     """)
     proc = run_python(code, {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"), "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert files(out) == files(reference)
+    assert files(out / "plain") == files(reference)
+    assert files(out / "spectral") == files(spectral)
 
 
 def test_processes_make_their_share_and_merge(reference, tmp_path):
@@ -308,6 +331,14 @@ def test_processes_make_their_share_and_merge(reference, tmp_path):
     assert data.generate(folder, N_SAMPLES, **KW).computed == 0
 
 
+def test_processes_make_their_share_of_a_spectrum_and_merge(spectral, tmp_path):
+    folder = tmp_path / "two"
+    assert data.generate(folder, N_SAMPLES, **SPECTRAL_KW, process_index=1, process_count=2).computed == 3
+    assert data.generate(folder, N_SAMPLES, **SPECTRAL_KW, process_index=0, process_count=2).complete
+    data.merge(folder)
+    assert files(folder) == files(spectral)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -318,6 +349,10 @@ def test_processes_make_their_share_and_merge(reference, tmp_path):
         (dict(chunk_size=-1), "chunk_size"),
         (dict(seed=-1), "seed"),
         (dict(process_index=2, process_count=2), "process_index"),
+        (dict(spectrum=-1), "spectrum must be a non-negative integer"),
+        (dict(spectrum=True), "spectrum must be a non-negative integer"),
+        (dict(spectrum=2.0), "spectrum must be a non-negative integer"),
+        (dict(spectrum=5), r"spectrum=5 is too large for N=1: .*4 states"),  # C(4, 1) determinants
     ],
 )
 def test_invalid_arguments_are_rejected_before_any_work(tmp_path, kwargs, message):
@@ -482,3 +517,127 @@ def test_temporary_names_of_two_writes_differ(tmp_path, monkeypatch):
     assert len(renamed) == 2 and renamed[0] != renamed[1]
     assert all(p.name.startswith(".chunk-00000.npz.") and p.name.endswith(".tmp") for p in renamed)
     assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["chunk-00000.npz"]
+
+
+# ----------------------------------------------------------------------------- the spectrum (spectrum=K)
+
+
+def test_stored_spectrum_equals_direct_spectrum_calls(spectral):
+    ds = data.load(spectral)
+    manifest = json.loads((spectral / "manifest.json").read_text())
+    assert manifest["spectrum"] == K and manifest["arrays"] == {**data.ARRAY_KEYS, **data.SPECTRUM_KEYS}
+    assert ds.spectrum_energies.shape == ds.spectrum_spin.shape == (N_SAMPLES, len(NS), K)
+    for j, n in enumerate(NS):
+        # Reference: qdjax.spectrum.spectrum on all 8 stored potentials in one call (the dataset
+        # solves one per call; batched kernels may round differently, hence 1e-10).
+        direct = spectrum.spectrum(ds.V, n, K, CFG)
+        np.testing.assert_allclose(ds.spectrum_energies[:, j], direct.energies, rtol=1e-10)
+        np.testing.assert_allclose(ds.spectrum_spin[:, j], direct.total_spin, rtol=0, atol=1e-8)
+        # The lowest multiplet is the ground state that qdjax.ed.ground_states stored.
+        np.testing.assert_allclose(ds.spectrum_energies[:, j, 0], ds.energy_int[:, j], rtol=0, atol=1e-10)
+    assert np.all(np.diff(ds.spectrum_energies, axis=-1) >= 0)
+    # Spin oracles: one electron has S = 1/2; two electrons in a spin-independent Hamiltonian
+    # have a singlet ground state (Lieb and Mattis, Phys. Rev. 125, 164 (1962)).
+    np.testing.assert_allclose(ds.spectrum_spin[:, 0], 0.5, atol=1e-8)
+    np.testing.assert_allclose(ds.spectrum_spin[:, 1, 0], 0.0, atol=1e-8)
+    # One N: the N axis is dropped, mu keeps all N.
+    two = data.load(spectral, "test", n_electrons=2)
+    np.testing.assert_array_equal(two.spectrum_energies, ds.spectrum_energies[7:, 1])
+    np.testing.assert_array_equal(two.spectrum_spin, ds.spectrum_spin[7:, 1])
+    np.testing.assert_array_equal(two.chemical_potential, ds.chemical_potential[7:])
+    # A sample recomputed alone (batch size 1) has the stored bits, spectrum included.
+    alone = data.compute_samples([ds.seed[4]], NS, CFG, spectrum=K)
+    for key in data.SPECTRUM_KEYS:
+        np.testing.assert_array_equal(alone[key][0], getattr(ds, key)[4], err_msg=key)
+
+
+@pytest.mark.parametrize("ns", [NS, (2, 4)], ids=["contiguous", "without-1-and-3"])
+def test_chemical_potentials_are_differences_of_ground_state_energies(spectral, tmp_path, ns):
+    folder = spectral
+    if ns != NS:  # mu(1), mu(3) need N = 1, 3, which the dataset does not hold
+        folder = tmp_path / "sparse"
+        data.generate(folder, N_SAMPLES, **dict(SPECTRAL_KW, n_electrons=ns))
+    ds = data.load(folder)
+    assert ds.spectrum_energies.shape == (N_SAMPLES, len(ns), K)
+    # Oracle: qdjax.ed.ground_state for each N directly on the stored potentials, E0(0) = 0.
+    e0 = np.stack([np.zeros(N_SAMPLES)] + [ed.ground_state(ds.V, n, CFG).energy for n in range(1, 5)], axis=1)
+    np.testing.assert_allclose(ds.chemical_potential, np.diff(e0, axis=1), rtol=0, atol=1e-10)
+    # mu sums to the stored ground-state energies (exactly so where they are its source).
+    total = np.cumsum(ds.chemical_potential, axis=1)[:, np.asarray(ns) - 1]
+    np.testing.assert_allclose(total, ds.energy_int, rtol=0, atol=1e-10 if ns != NS else 1e-14)
+
+
+def test_an_interrupted_run_with_a_spectrum_resumes_bit_identically(spectral, tmp_path, monkeypatch):
+    # Ctrl-C while chunk 1 is being written; the same call again finishes the folder.
+    folder = tmp_path / "interrupted"
+    write = data._atomic_write
+
+    def interrupted(path, payload):
+        if path.name == "chunk-00001.npz":
+            raise KeyboardInterrupt
+        write(path, payload)
+
+    monkeypatch.setattr(data, "_atomic_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.generate(folder, N_SAMPLES, **SPECTRAL_KW)
+    monkeypatch.undo()
+    assert list(json.loads((folder / "manifest.json").read_text())["chunks"]) == ["0"]
+    resumed = data.generate(folder, N_SAMPLES, **SPECTRAL_KW)
+    assert resumed.complete and resumed.computed == N_SAMPLES - 3
+    assert files(folder) == files(spectral)
+
+
+def test_the_spectrum_is_part_of_the_dataset_settings(copy, spectral_copy):
+    before = files(spectral_copy)
+    with pytest.raises(data.DatasetError, match=r"other settings .*spectrum: 3 there, 2 here"):
+        data.generate(spectral_copy, N_SAMPLES, **dict(KW, spectrum=2))
+    with pytest.raises(data.DatasetError, match=r"spectrum: 3 there, 0 here"):
+        data.generate(spectral_copy, N_SAMPLES, **KW)
+    assert files(spectral_copy) == before  # nothing was written
+    # Without a spectrum the manifest has no "spectrum" key, like those of datasets made before
+    # the option existed; absent and 0 are the same setting.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert "spectrum" not in manifest and manifest["arrays"] == data.ARRAY_KEYS
+    with pytest.raises(data.DatasetError, match=r"spectrum: 0 there, 3 here"):
+        data.generate(copy, N_SAMPLES, **SPECTRAL_KW)
+    assert data.generate(copy, N_SAMPLES, **dict(KW, spectrum=0)).computed == 0
+    edit_manifest(copy, lambda m: m.update(spectrum=0))
+    assert data.generate(copy, N_SAMPLES, **KW).computed == 0
+    for ds in (data.load(copy), data.load(copy, "train", n_electrons=2)):
+        assert ds.spectrum_energies is None and ds.spectrum_spin is None and ds.chemical_potential is None
+    assert data.describe(copy)["spectrum"] == 0 and data.describe(spectral_copy)["spectrum"] == K
+
+
+def _set_spin(value):
+    """A change of a chunk: one stored S (sample 0, N = 1, third multiplet) set to `value`."""
+    return lambda arrays: np.put(arrays["spectrum_spin"], 2, value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("spectrum_spin"), r"holds the arrays .*\(spectrum 3\)"),
+    (lambda a: a.update(extra=np.zeros(3)), r"holds the arrays"),
+    (lambda a: a.update(spectrum_energies=a["spectrum_energies"][..., :-1]),
+     r"spectrum_energies has shape \(3, 4, 2\), not \(3, 4, 3\)"),
+    (lambda a: a.update(spectrum_spin=a["spectrum_spin"][:, :-1]), r"spectrum_spin has shape"),
+    (lambda a: a.update(chemical_potential=a["chemical_potential"][:, :-1]),
+     r"chemical_potential has shape \(3, 3\), not \(3, 4\)"),
+    (lambda a: a.update(spectrum_spin=a["spectrum_spin"].astype(np.int64)), r"spectrum_spin has dtype int64"),
+    (lambda a: np.put(a["spectrum_energies"], 20, np.nan), r"NaN or infinite values in spectrum_energies"),
+    (lambda a: np.put(a["chemical_potential"], 3, np.inf), r"NaN or infinite values in chemical_potential"),
+    (_set_spin(0.7), r"spectrum_spin 0\.7 .*not a non-negative half-integer"),
+    (_set_spin(-0.5), r"spectrum_spin -0\.5 .*not a non-negative half-integer"),
+    (_set_spin(1.0 + 3e-6), r"not a non-negative half-integer"),
+], ids=["missing", "extra", "energies-shape", "spin-shape", "mu-shape", "spin-dtype", "nan", "inf", "spin-0.7",
+        "spin-negative", "spin-off-by-3e-6"])  # fmt: skip
+def test_check_chunk_refuses_a_bad_spectrum(spectral_copy, change, message):
+    rewrite_chunk(spectral_copy, 0, change)  # the checksum matches: only the contents tell
+    with pytest.raises(data.DatasetError, match=rf"chunk 0 .*{message}"):
+        data.load(spectral_copy)
+
+
+def test_check_chunk_accepts_spin_rounding_and_refuses_spectra_in_a_plain_dataset(copy, spectral_copy):
+    rewrite_chunk(spectral_copy, 0, _set_spin(1.0 + 5e-7))  # S from <S^2> carries rounding
+    assert data.load(spectral_copy).spectrum_spin.flat[2] == 1.0 + 5e-7
+    rewrite_chunk(copy, 0, lambda a: a.update(spectrum_energies=np.zeros((3, 4, K))))
+    with pytest.raises(data.DatasetError, match=r"chunk 0 .*holds the arrays .*no spectrum"):
+        data.load(copy)
