@@ -9,7 +9,8 @@ on V through the ED. Figures (paper Fig. 10 and before/after refinement) and inv
 
 With --ed-weight W the generator is then fine-tuned through the ED for --ed-steps steps
 (`qdjax train --ed-weight W --init-from ...`: the loss gains W times the misfit between the ED
-density of each generated potential and its input density), or taken from --ed-checkpoint, and
+density of each generated potential and its input density; --d4-weight adds the
+D4-consistency term), or taken from --ed-checkpoint, and
 both generators are checked side by side: out/ed/inverse.json and out/ed_in_the_loop.png
 (proposals and recomputed densities before and after).
 
@@ -46,6 +47,8 @@ def main(argv=None):
     p.add_argument("--log-input", action="store_true", help="train the generator on log-scale densities (qdjax.ml.scaling)")
     p.add_argument("--ed-weight", type=float, default=0.0, help="fine-tune the generator through the ED with this weight")
     p.add_argument("--ed-steps", type=int, default=40, help="fine-tuning steps with --ed-weight")
+    p.add_argument("--d4-weight", type=float, default=0.0,
+                   help="with --ed-weight: also the D4-consistency term with this weight (qdjax train --d4-weight)")
     p.add_argument("--ed-checkpoint", default=None, help="checkpoints folder of a generator already fine-tuned through the ED")
     p.add_argument("--out", default="runs/inverse_design")
     p.add_argument("--seed", type=int, default=0)
@@ -86,7 +89,7 @@ def main(argv=None):
     if args.ed_weight > 0 or args.ed_checkpoint is not None:
         if args.ed_checkpoint is None:
             tuned = experiment.run_mapping(
-                splits, "n_int->V", pix, steps=args.ed_steps, out_dir=out / "n_int_to_V_ed", key=args.seed,
+                splits, "n_int->V", pix.replace(lambda_d4=args.d4_weight), steps=args.ed_steps, out_dir=out / "n_int_to_V_ed", key=args.seed,
                 eval_every=max(1, args.ed_steps // 4), progress=progress, length_nm=config.length_nm,
                 ed_weight=args.ed_weight, ed_config=config, n_electrons=args.n_electrons, init_from=checkpoint,
             )  # fmt: skip

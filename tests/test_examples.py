@@ -26,11 +26,12 @@ def untimed(scores):
 
 def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
     # examples/inverse_design.py trains an n_int->V generator, checks it by ED, refines one sample,
-    # then fine-tunes the generator through the ED (--ed-weight) and checks it again.
+    # then fine-tunes the generator through the ED (--ed-weight, with the D4-consistency term)
+    # and checks it again.
     example_main("inverse_design")(["--data", str(tiny_dataset), "--steps", "4", "--batch", "2", "--refine", "1",
                                     "--refine-steps", "2", "--out", str(tmp_path / "inv"), "--no-progress",
                                     "--log-input", "--discriminator", "patch16", "--ed-weight", "100",
-                                    "--ed-steps", "2"])  # fmt: skip
+                                    "--ed-steps", "2", "--d4-weight", "10"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "recomputed-density R^2" in printed and "refined 1" in printed
     assert "after ED-in-the-loop training" in printed
@@ -39,6 +40,7 @@ def test_inverse_design_example_end_to_end(tiny_dataset, tmp_path, capsys):
     assert (tmp_path / "inv" / "inverse.png").exists() and (tmp_path / "inv" / "refine.png").exists()
     tuned = json.loads((tmp_path / "inv" / "n_int_to_V_ed" / "metrics.json").read_text())
     assert tuned["ed_term"]["weight"] == 100.0 and tuned["init_from"]["step"] >= 1
+    assert tuned["config"]["lambda_d4"] == 10.0
     after = json.loads((tmp_path / "inv" / "ed" / "inverse.json").read_text())
     assert after["samples"] == 2 and math.isfinite(after["generator"]["density_r2_worst"])
     assert (tmp_path / "inv" / "ed_in_the_loop.png").exists()
