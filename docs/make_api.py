@@ -31,6 +31,7 @@ MODULES = [
     "qdjax.benchmark",
     "qdjax.parallel",
     "qdjax.ml.scaling",
+    "qdjax.ml.symmetry",
     "qdjax.ml.models",
     "qdjax.ml.state",
     "qdjax.ml.physics",

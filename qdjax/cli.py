@@ -300,6 +300,9 @@ def _add_train(subparsers) -> None:
                    help="discriminator patch size preset (default: image70)")  # fmt: skip
     p.add_argument("--d4", action="store_true", help="random symmetry-of-the-square augmentation (exact)")
     p.add_argument("--symmetrize", action="store_true", help="evaluate with the D4-averaged generator")
+    p.add_argument("--equivariant", action="store_true",
+                   help="generator equivariant by construction: the U-Net averaged over the 8 symmetries of the "
+                        "square in training and inference (8 U-Net passes per image; loads plain U-Net weights)")  # fmt: skip
     p.add_argument("--d4-weight", type=float, default=0.0, metavar="W",
                    help="add W times the D4-consistency term (the generator against its output on a rotated or "
                         "mirrored input, rotated back) to the generator loss; pulls the single-pass generator "
@@ -385,7 +388,8 @@ def _run_train(args: argparse.Namespace) -> int:
     config = experiment.pix2pix_config(args.widths, args.discriminator, args.batch, args.lr, args.d4,
                                        image_size=ed_config.grid,
                                        decay_start=args.steps - args.lr_decay if args.lr_decay else 0,
-                                       decay_steps=args.lr_decay, lambda_d4=args.d4_weight)  # fmt: skip
+                                       decay_steps=args.lr_decay, lambda_d4=args.d4_weight,
+                                       equivariant=args.equivariant)  # fmt: skip
     splits = experiment.splits_from_dataset(args.data, args.n_electrons)
     run = experiment.run_mapping(
         splits, args.mapping, config, steps=args.steps, out_dir=args.out, key=args.seed,

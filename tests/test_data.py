@@ -52,11 +52,15 @@ def reference(tmp_path_factory):
     return folder
 
 
+def _copy_of(folder, tmp_path, name):
+    """A copy of the dataset folder `folder` in tmp_path / name."""
+    shutil.copytree(folder, tmp_path / name)
+    return tmp_path / name
+
+
 @pytest.fixture
 def copy(reference, tmp_path):
-    folder = tmp_path / "copy"
-    shutil.copytree(reference, folder)
-    return folder
+    return _copy_of(reference, tmp_path, "copy")
 
 
 K = 3  # spin multiplets per N; N = 1 has only 4 states in 4 orbitals
@@ -73,9 +77,7 @@ def spectral(tmp_path_factory):
 
 @pytest.fixture
 def spectral_copy(spectral, tmp_path):
-    folder = tmp_path / "spectral_copy"
-    shutil.copytree(spectral, folder)
-    return folder
+    return _copy_of(spectral, tmp_path, "spectral_copy")
 
 
 def test_sample_seeds_follow_the_documented_rule(reference):

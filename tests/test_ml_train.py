@@ -5,6 +5,7 @@ Small networks (4-8 filters) keep compilation and the whole file well under a mi
 2 CPU cores. All tests share one configuration, so the training step compiles once.
 """
 
+import dataclasses
 import math
 import re
 
@@ -267,6 +268,55 @@ def test_fit_with_d4_term_lowers_it_and_records_it(tmp_path):
     assert Pix2PixConfig.from_dict(old).lambda_d4 == 0.0
     with pytest.raises(ValueError, match="lambda_d4"):
         cfg.replace(lambda_d4=-1.0)
+
+
+def test_equivariant_generator_is_the_d4_average_of_its_unet(trained, data):
+    # Oracle: predict(..., symmetrize=True) of the plain U-Net with the same weights (8 U-Net
+    # passes averaged outside the network), and exact equivariance G(T x) = T G(x) (float32
+    # rounding of the average). The weights load unchanged: same parameter shapes.
+    _, state, _ = trained
+    x = data[2]
+    eq_config = CFG.replace(generator=dataclasses.replace(CFG.generator, equivariant=True))
+    eq_state = state.replace(config=eq_config)
+    out = train.predict(eq_state, x)
+    np.testing.assert_allclose(out, train.predict(state, x, symmetrize=True), rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(out, train.predict(eq_state, x, symmetrize=True))  # its own average
+    for g in range(1, 8):
+        np.testing.assert_allclose(train.predict(eq_state, np.asarray(train.d4_transform(x, g))),
+                                   np.asarray(train.d4_transform(out, g)), rtol=0, atol=2e-6)  # fmt: skip
+    assert not np.allclose(out, train.predict(state, x), atol=1e-3)  # the test can fail: the U-Net is not equivariant
+    assert GeneratorConfig.from_dict({k: v for k, v in CFG.generator.to_dict().items() if k != "equivariant"}) \
+        == CFG.generator  # fmt: skip
+    with pytest.raises(ValueError, match="equivariant"):
+        GeneratorConfig(equivariant=1)
+
+
+def test_train_step_of_an_equivariant_generator_keeps_it_equivariant():
+    # One step on a tiny config: the generator stays exactly equivariant after the update.
+    cfg = _d4_tiny().replace(lambda_d4=0.0, generator=dataclasses.replace(_d4_tiny().generator, equivariant=True))
+    x = jnp.asarray(smooth_images(2, 3)[:, ::4, ::4])
+    state = train.init_state(cfg, jax.random.key(0))
+    state, metrics = train.make_train_step(cfg)(state, (x, -x), jax.random.key(1))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    out = train.predict(state, x)
+    for g in range(1, 8):
+        np.testing.assert_allclose(train.predict(state, np.asarray(train.d4_transform(x, g))),
+                                   np.asarray(train.d4_transform(out, g)), rtol=0, atol=2e-6)  # fmt: skip
+
+
+def test_fit_starts_an_equivariant_generator_from_plain_weights(tmp_path):
+    # init_from: a plain U-Net's networks start an equivariant generator (same weights; with a
+    # zero learning rate they come back unchanged); other widths are refused.
+    plain = _d4_tiny().replace(lambda_d4=0.0, learning_rate=0.0)
+    eq = plain.replace(generator=dataclasses.replace(plain.generator, equivariant=True))
+    start = train.init_state(plain, jax.random.key(3))
+    x = smooth_images(4, 5)[:, ::4, ::4]
+    r = train.fit(eq, x, -x, x, -x, steps=1, key=0, eval_every=1, progress=False, init_from=start)
+    assert_trees_equal(r.state.g_params, start.g_params)
+    assert r.state.config.generator.equivariant
+    wider = plain.replace(generator=dataclasses.replace(plain.generator, filters=(8, 4, 4, 4), equivariant=True))
+    with pytest.raises(ValueError, match="init_from"):
+        train.fit(wider, x, -x, x, -x, steps=1, key=0, eval_every=1, progress=False, init_from=start)
 
 
 def test_predict_layouts_and_chunks(trained, data):

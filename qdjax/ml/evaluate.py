@@ -28,7 +28,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from qdjax import metrics
-from qdjax.ml import scaling, train
+from qdjax.ml import scaling, symmetry, train
 
 #: mapping name -> (input quantity, target quantity).
 MAPPINGS = {
@@ -217,11 +217,8 @@ def _apply_generator(g_def, scalers: Scalers, symmetrize: bool, variables, image
     params, stats = variables
     gen = nnx.merge(g_def, params, stats)
     x = scalers.inputs.to_unit(images).astype(jnp.float32)[..., None]
-    if symmetrize:
-        b = x.shape[0]
-        xs = jnp.concatenate([train.d4_transform(x, g, axes=(1, 2)) for g in range(8)], axis=0)
-        ys = gen(xs, train=False)
-        y = jnp.mean(jnp.stack([train.d4_inverse(ys[g * b : (g + 1) * b], g, axes=(1, 2)) for g in range(8)]), axis=0)
+    if symmetrize and not gen.config.equivariant:  # an equivariant generator is its own average
+        y = symmetry.d4_average(lambda z: gen(z, train=False), x)
     else:
         y = gen(x, train=False)
     return scalers.targets.from_unit(y[..., 0].astype(images.dtype))

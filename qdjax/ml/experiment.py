@@ -539,6 +539,7 @@ def pix2pix_config(
     decay_start: int = 0,
     decay_steps: int = 0,
     lambda_d4: float = 0.0,
+    equivariant: bool = False,
 ) -> Pix2PixConfig:
     """A Pix2PixConfig from the few choices the examples and the command line expose.
 
@@ -553,6 +554,7 @@ def pix2pix_config(
       image_size: image side in pixels (the ED grid).
       decay_start, decay_steps: learning-rate schedule as in Pix2PixConfig (0, 0: constant).
       lambda_d4: weight of the D4-consistency term (Pix2PixConfig.lambda_d4; 0: none).
+      equivariant: the D4-averaged U-Net as generator (GeneratorConfig.equivariant).
     """
     from qdjax.ml import models
 
@@ -563,7 +565,7 @@ def pix2pix_config(
     depth = int(np.log2(image_size))
     gen_filters = tuple(gen_filters[:depth]) + (gen_filters[-1],) * max(0, depth - len(gen_filters))
     return Pix2PixConfig(
-        generator=models.GeneratorConfig(image_size=image_size, filters=gen_filters),
+        generator=models.GeneratorConfig(image_size=image_size, filters=gen_filters, equivariant=equivariant),
         discriminator=models.DiscriminatorConfig.preset(discriminator, disc_widths),
         batch_size=batch_size,
         learning_rate=learning_rate,

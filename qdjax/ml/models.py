@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qdjax.ml.symmetry import d4_average
+
 __all__ = [
     "AUTHORS_GENERATOR_FILTERS",
     "PIX2PIX_GENERATOR_FILTERS",
@@ -111,6 +113,11 @@ class GeneratorConfig:
         channel: under a density scaler with lo = 0 and upper bound hi the physical image
         (y + 1) hi / 2 is non-negative and sums to c hi / 2, so c = 2 N / (h^2 hi) makes every
         predicted density integrate to exactly N electrons.
+      equivariant: False (default): the U-Net. True: the U-Net averaged over the symmetry
+        group of the square, G(x) = mean_g g^-1 U(g x) (`qdjax.ml.symmetry.d4_average`), a
+        generator that is D4-equivariant by construction (G(g x) = g G(x)) at 8 U-Net passes
+        per image. The parameters are the U-Net's (same shapes), so either form loads the
+        other's weights.
     """
 
     image_size: int = 64
@@ -122,9 +129,12 @@ class GeneratorConfig:
     dropout: float = 0.0
     negative_slope: float = 0.3
     density_norm: float | None = None
+    equivariant: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "filters", _as_int_tuple("GeneratorConfig.filters", self.filters))
+        if not isinstance(self.equivariant, bool):
+            raise ValueError(f"GeneratorConfig.equivariant must be a bool, got {self.equivariant!r}")
         if self.density_norm is not None:
             if not (isinstance(self.density_norm, (int, float)) and math.isfinite(self.density_norm) and self.density_norm > 0):
                 raise ValueError(f"GeneratorConfig.density_norm must be None or a positive number, got {self.density_norm!r}")
@@ -608,8 +618,16 @@ class UNetGenerator(nnx.Module):
             to the first three decoder layers. Without a key the output is deterministic.
         Returns:
           (B, S, S, C_out) float32 in (-1, 1) (tanh head), or in (-1, density_norm - 1) with
-          every image summing to density_norm - S^2 (density head).
+          every image summing to density_norm - S^2 (density head). With
+          ``config.equivariant`` the mean over the 8 symmetries of the square of
+          g^-1 U(g x), U the U-Net (one U-Net call on 8 B images).
         """
+        if self.config.equivariant:
+            return d4_average(lambda z: self._unet(z, train, dropout_key), x)
+        return self._unet(x, train, dropout_key)
+
+    def _unet(self, x: jax.Array, train: bool, dropout_key: jax.Array | None) -> jax.Array:
+        """The U-Net itself (`__call__` without the group average)."""
         cfg = self.config
         feats = self.encode(x, train=train)
         h = feats[-1]

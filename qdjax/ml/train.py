@@ -25,6 +25,7 @@ the same jitted step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from typing import Callable, NamedTuple, Sequence
@@ -41,6 +42,7 @@ from qdjax import parallel
 from qdjax.ml.checkpoint import Checkpointer
 from qdjax.ml.models import Pix2PixConfig, UNetGenerator, discriminator_output_size
 from qdjax.ml.physics import ED_METRIC_NAMES, EDTerm, ed_term_loss
+from qdjax.ml.symmetry import d4_average, d4_inverse, d4_transform
 from qdjax.ml.state import (
     D4_METRIC_NAMES,
     METRIC_NAMES,
@@ -117,37 +119,6 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Ar
 
 
 # ----------------------------------------------------------------------------- symmetries
-
-
-def d4_transform(images: ArrayLike, g: int, axes: tuple[int, int] = (-3, -2)) -> jax.Array:
-    """Element g of the symmetry group of the square (dihedral group D4) applied to images.
-
-    g = 0..3: rotation by g * 90 degrees (``jnp.rot90`` in the plane `axes`); g = 4..7:
-    the mirror x -> reversed along ``axes[1]`` followed by rotation by (g - 4) * 90
-    degrees. g = 0 is the identity.
-
-    Args:
-      images: array with two equal spatial axes `axes` (default: (..., S, S, C) NHWC).
-      g: Python int in 0..7.
-    Returns:
-      Transformed array, same shape and dtype.
-    """
-    if not (isinstance(g, (int, np.integer)) and 0 <= g < 8):
-        raise ValueError(f"g must be an integer in 0..7, got {g!r}")
-    x = jnp.asarray(images)
-    if g >= 4:
-        x = jnp.flip(x, axis=axes[1])
-    return jnp.rot90(x, k=int(g) % 4, axes=axes)
-
-
-def d4_inverse(images: ArrayLike, g: int, axes: tuple[int, int] = (-3, -2)) -> jax.Array:
-    """Inverse of `d4_transform`: ``d4_inverse(d4_transform(x, g), g) == x``."""
-    if not (isinstance(g, (int, np.integer)) and 0 <= g < 8):
-        raise ValueError(f"g must be an integer in 0..7, got {g!r}")
-    x = jnp.rot90(jnp.asarray(images), k=-(int(g) % 4), axes=axes)
-    if g >= 4:
-        x = jnp.flip(x, axis=axes[1])
-    return x
 
 
 def _d4_each(images: jax.Array, elements: jax.Array, inverse: bool = False) -> jax.Array:
@@ -404,13 +375,9 @@ def _predict_fn(g_def, symmetrize: bool):
 
     def apply(params, stats, x):
         gen = nnx.merge(g_def, params, stats)
-        if not symmetrize:
+        if not symmetrize or gen.config.equivariant:  # an equivariant generator is its own average
             return gen(x, train=False)
-        b = x.shape[0]
-        xs = jnp.concatenate([d4_transform(x, g, axes=(1, 2)) for g in range(8)], axis=0)
-        ys = gen(xs, train=False)
-        outs = [d4_inverse(ys[g * b : (g + 1) * b], g, axes=(1, 2)) for g in range(8)]
-        return jnp.mean(jnp.stack(outs), axis=0)
+        return d4_average(lambda z: gen(z, train=False), x)
 
     return jax.jit(apply)
 
@@ -652,7 +619,9 @@ def fit(
         run must use the same ones.
       init_from: optional `TrainState` whose networks (parameters and batch-norm averages,
         not the optimiser states or the step) start the run instead of a fresh
-        initialisation: fine-tuning. Its networks must have the architecture of `config`.
+        initialisation: fine-tuning. Its networks must have the architecture of `config`,
+        except that a plain U-Net's weights may start an equivariant generator
+        (`GeneratorConfig.equivariant`) and the other way round.
         Ignored when resuming from `checkpoint_dir`.
       val_score: optional function of the state giving the validation score that is
         recorded as "val_r2" and selects the best checkpoint (default: R^2 of the
@@ -703,12 +672,15 @@ def fit(
             f"val {xv.shape[0]} vs {yv.shape[0]}"
         )
     _check_ed_term(config, ed_term)
+    # the group average (GeneratorConfig.equivariant) leaves the U-Net's weights as they are
+    unet = lambda g: dataclasses.replace(g, equivariant=False)  # noqa: E731
     if init_from is not None and (
         not isinstance(init_from, TrainState)
-        or init_from.config.generator != config.generator
+        or unet(init_from.config.generator) != unet(config.generator)
         or init_from.config.discriminator != config.discriminator
     ):
-        raise ValueError("init_from must be a TrainState whose generator and discriminator have the architecture of config")
+        raise ValueError("init_from must be a TrainState whose generator (up to `equivariant`) and discriminator "
+                         "have the architecture of config")  # fmt: skip
     mesh = parallel.batch_mesh(devices)
     parallel.check_divisible(config.batch_size, mesh)
     base_key = _as_key(key)
