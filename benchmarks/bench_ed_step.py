@@ -4,7 +4,9 @@ The same generator and batch (random potentials of the paper's kind and their ED
 are timed as a plain pix2pix step (`qdjax.ml.train.make_train_step(config)`) and as a step
 with the ED-consistency term (`make_train_step(config, ed_term=EDTerm(...))`) in each ED
 precision asked for, and (with --d4-weight W) with the ED term in the first precision plus
-the D4-consistency term (`Pix2PixConfig.lambda_d4 = W`, one more generator pass). Rounds alternate between the variants (plain, ED float64, ED float32,
+the D4-consistency term (`Pix2PixConfig.lambda_d4 = W`, one more generator pass), and (with
+--equivariant) with the ED term in the first precision and the D4-equivariant generator
+(`GeneratorConfig.equivariant`, 8 U-Net passes per image). Rounds alternate between the variants (plain, ED float64, ED float32,
 plain, ...) so that a shared machine's load falls on all alike; each variant's median over
 the rounds is reported with the ratio to the plain step.
 
@@ -16,6 +18,7 @@ the rounds is reported with the ratio to the plain step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -28,7 +31,8 @@ from qdjax.ml import experiment, physics, scaling, train
 
 
 def bench_case(n_electrons: int, batch: int, dtypes, repeats: int, steps: int, cfg: qdjax.EDConfig,
-               discriminator: str = "image70", seed: int = 0, d4_weight: float = 0.0) -> dict:
+               discriminator: str = "image70", seed: int = 0, d4_weight: float = 0.0,
+               equivariant: bool = False) -> dict:
     """Median wall time (ms) of `steps` training steps per round, plain and with the ED term."""
     V = np.stack([potentials.random_potential(seed + i, cfg) for i in range(batch)])
     n = np.asarray(ed.ground_density(V, n_electrons, cfg))
@@ -45,6 +49,11 @@ def bench_case(n_electrons: int, batch: int, dtypes, repeats: int, steps: int, c
         term = physics.EDTerm(1000.0, n_electrons, cfg.replace(dtype=dtypes[0]), density, potential)
         pix_d4 = pix.replace(lambda_d4=d4_weight)  # same networks: the same weights start every variant
         variants[f"ed_{dtypes[0]}_d4"] = (train.make_train_step(pix_d4, ed_term=term), state.replace(config=pix_d4))
+    if equivariant:
+        term = physics.EDTerm(1000.0, n_electrons, cfg.replace(dtype=dtypes[0]), density, potential)
+        pix_eq = pix.replace(generator=dataclasses.replace(pix.generator, equivariant=True))
+        variants[f"ed_{dtypes[0]}_equivariant"] = (train.make_train_step(pix_eq, ed_term=term),
+                                                   state.replace(config=pix_eq))  # fmt: skip
     first = {}
     for name, (step, start) in variants.items():
         t = time.perf_counter()
@@ -83,6 +92,8 @@ def main(argv=None) -> dict:
     p.add_argument("--orbitals", type=int, default=8)
     p.add_argument("--d4-weight", type=float, default=0.0,
                    help="also time the ED step with this D4-consistency weight (default 0: not timed)")
+    p.add_argument("--equivariant", action="store_true",
+                   help="also time the ED step with the D4-equivariant generator (GeneratorConfig.equivariant)")
     p.add_argument("--out", help="write the results as JSON to this file")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.steps < 1:
@@ -91,7 +102,7 @@ def main(argv=None) -> dict:
     cases = []
     for n in args.n_electrons:
         case = bench_case(n, args.batch, args.dtypes, args.repeats, args.steps, cfg, args.discriminator,
-                          d4_weight=args.d4_weight)
+                          d4_weight=args.d4_weight, equivariant=args.equivariant)
         cases.append(case)
         cells = ", ".join(f"{k} {v:.0f} ms ({case['ratio_to_plain'][k]:.2f}x)" for k, v in case["median_ms"].items())
         print(f"N = {n}, batch {args.batch}: {cells}")

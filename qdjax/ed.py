@@ -69,9 +69,8 @@ FOCK_GUARD = 4
 #: with H. The sizes are measured choices (docs/benchmarks.md).
 FOCK_COARSE = 64
 FOCK_COARSE_MATRIX_FREE = 256
-#: Many-body Davidson convergence: residual norm of every root below this (eV). In float32,
-#: 2e-6 costs no measurable time over 2e-5 and takes the density error of the small test
-#: configuration from 1e-5 to 2e-6 of float64 (docs/benchmarks.md).
+#: Many-body Davidson convergence: residual norm of every root below this (eV). The float32
+#: value is a measured choice (docs/benchmarks.md, "float32 under emulated accelerator matmuls").
 FOCK_RESIDUAL_TOL_EV = {"float64": 1e-10, "float32": 2e-6}
 FOCK_MAX_ITERATIONS = 200
 #: Columns of the Davidson search space (restarted from the FOCK_ROOTS + FOCK_GUARD Ritz

@@ -289,8 +289,8 @@ def solve_iterative_h1(V: ArrayLike, config: EDConfig) -> tuple[Orbitals, jax.Ar
     V = jnp.asarray(V)
     # LOBPCG solves H0 - c, c a constant (no derivative: the identity below holds for every
     # c) near the orbital energies. Its products then carry entries of the size of the
-    # orbitals' own level rather than of V's range, which halves the float32 rounding of the
-    # orbital energies at the paper's size (docs/benchmarks.md).
+    # orbitals' own level rather than of V's range, which lowers the float32 rounding of the
+    # orbital energies (docs/benchmarks.md).
     c = jax.lax.stop_gradient(reference_energy(V, config))
     w, u, h1, residuals = _lowest(V - c, config)
     w = w + c
