@@ -121,12 +121,17 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Ar
 # ----------------------------------------------------------------------------- symmetries
 
 
-def _d4_each(images: jax.Array, elements: jax.Array, inverse: bool = False) -> jax.Array:
-    """`d4_transform` (or `d4_inverse`) of element elements[i] (int array (B,), values 0..7)
-    applied to image i of images (B, S, S, C)."""
+def _d4_traced(image: jax.Array, g: jax.Array, inverse: bool = False) -> jax.Array:
+    """`d4_transform` (or `d4_inverse`) of one image (S, S, C) by a traced element g (int
+    scalar, 0..7)."""
     fn = d4_inverse if inverse else d4_transform
-    branches = [functools.partial(fn, g=g, axes=(0, 1)) for g in range(8)]
-    return jax.vmap(lambda z, g: jax.lax.switch(g, branches, z))(images, elements)
+    return jax.lax.switch(g, [functools.partial(fn, g=e, axes=(0, 1)) for e in range(8)], image)
+
+
+def _d4_each(images: jax.Array, elements: jax.Array, inverse: bool = False) -> jax.Array:
+    """`_d4_traced` of element elements[i] (int array (B,)) applied to image i of images
+    (B, S, S, C)."""
+    return jax.vmap(lambda z, g: _d4_traced(z, g, inverse))(images, elements)
 
 
 def d4_consistency(generate: Callable[[jax.Array], jax.Array], x: jax.Array, fake: jax.Array,
@@ -159,9 +164,7 @@ def _augment_one(z: jax.Array, key: jax.Array, config: Pix2PixConfig) -> jax.Arr
     if config.random_flip:
         z = jnp.where(jax.random.bernoulli(k_flip), jnp.flip(z, axis=1), z)
     if config.random_d4:
-        g = jax.random.randint(k_d4, (), 0, 8)
-        branches = [functools.partial(d4_transform, g=i, axes=(0, 1)) for i in range(8)]
-        z = jax.lax.switch(g, branches, z)
+        z = _d4_traced(z, jax.random.randint(k_d4, (), 0, 8))
     return z
 
 
