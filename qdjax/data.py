@@ -352,8 +352,7 @@ def _chemical_potential(V: jax.Array, ns: tuple[int, ...], energy_int: np.ndarra
     """
     n_max = max(ns)
     if set(range(1, n_max + 1)) <= set(ns):
-        e0 = energy_int[:, [ns.index(n) for n in range(1, n_max + 1)]]
-        return np.diff(e0, axis=1, prepend=np.zeros_like(e0[:, :1]))
+        return np.asarray(multiplets._differences_from_zero(energy_int[:, [ns.index(n) for n in range(1, n_max + 1)]]))
     return np.asarray(multiplets.chemical_potentials(V, n_max, config))
 
 

@@ -242,7 +242,12 @@ def chemical_potentials(V: ArrayLike, n_max: int, config: EDConfig = EDConfig())
     if isinstance(n_max, bool) or not isinstance(n_max, (int, np.integer)) or n_max < 1:
         raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
     states = ed.ground_states(V, tuple(range(1, int(n_max) + 1)), config)
-    energies = jnp.stack([s.energy for s in states.interacting], axis=-1)
+    return _differences_from_zero(jnp.stack([s.energy for s in states.interacting], axis=-1))
+
+
+def _differences_from_zero(energies: ArrayLike) -> jax.Array:
+    """mu(N) = E0(N) - E0(N - 1) from ground-state energies (..., n_max) of N = 1..n_max, E0(0) = 0."""
+    energies = jnp.asarray(energies)
     return jnp.diff(energies, axis=-1, prepend=jnp.zeros_like(energies[..., :1]))
 
 
